@@ -1,0 +1,1 @@
+"""Core of structkd: readers, labels, encoder, CRF kernels and layer, models, losses, training."""

@@ -1,0 +1,64 @@
+"""The ``structkd`` command: ``stage <name>`` runs one pipeline stage, plus ``knowledge`` and ``predict``.
+
+Stage commands live in ``structkd.stages`` (one module per stage); this module only wires them.
+User-facing problems (:class:`StructkdError`) end the command with one ``Error:`` line and exit
+status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from structkd.pipeline.errors import StructkdError
+from structkd.stages import (
+    embed,
+    evaluate,
+    export_teachers,
+    knowledge,
+    predict,
+    prepare,
+    train_student,
+    train_teacher,
+)
+
+
+class _Group(TyperGroup):
+    """A command group that turns :class:`StructkdError` into a one-line ``Error:`` and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StructkdError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Structure-level knowledge distillation for multilingual sequence labeling.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stage_app = typer.Typer(help="Run one pipeline stage (what `dvc repro` runs).", no_args_is_help=True)
+knowledge_app = typer.Typer(help="Inspect knowledge shards written by export-teachers.")
+
+stage_app.command("prepare")(prepare.main)
+stage_app.command("embed")(embed.main)
+stage_app.command("train-teacher")(train_teacher.main)
+stage_app.command("export-teachers")(export_teachers.main)
+stage_app.command("train-student")(train_student.main)
+stage_app.command("evaluate")(evaluate.main)
+knowledge_app.command("show")(knowledge.show)
+
+app.add_typer(stage_app, name="stage")
+app.add_typer(knowledge_app, name="knowledge", no_args_is_help=True)
+app.command("predict")(predict.main)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

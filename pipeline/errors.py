@@ -1,0 +1,23 @@
+"""User-facing errors: one line that says where (file, line or sentence) and what is wrong.
+
+The CLI prints ``error: <message>`` for these and exits with status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class StructkdError(Exception):
+    """A problem the user can fix (bad input, bad params, corrupt cache); message is one line."""
+
+
+class InputError(StructkdError):
+    """Bad input data, located at ``where`` (``path:line``, ``path``, or ``path: sentence N``)."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}")
+
+
+class ConfigError(StructkdError):
+    """Bad ``params.yaml`` content or command-line settings."""

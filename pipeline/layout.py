@@ -1,0 +1,71 @@
+"""Where each stage reads and writes, relative to the project root (the folder of params.yaml).
+
+One place for paths keeps ``dvc.yaml`` outs and the code from drifting apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from structkd.pipeline.params import Params, load_params
+
+ParamsPath = Annotated[
+    Path,
+    typer.Option("--params", help="params.yaml to read; outputs go beside it.", dir_okay=False),
+]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of the pipeline's artefacts under ``root``."""
+
+    root: Path
+
+    def source(self, path: str) -> Path:
+        """A corpus path from params.yaml (relative to the project root)."""
+        return (self.root / path).resolve()
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "data" / "prepared" / "labels.json"
+
+    def prepared(self, lang: str, split: str) -> Path:
+        return self.root / "data" / "prepared" / lang / split
+
+    def features(self, lang: str, split: str) -> Path:
+        return self.root / "data" / "features" / lang / split
+
+    @property
+    def encoders(self) -> Path:
+        return self.root / "data" / "encoders"
+
+    def teacher(self, lang: str) -> Path:
+        return self.root / "models" / "teachers" / lang
+
+    def knowledge(self, lang: str) -> Path:
+        return self.root / "knowledge" / lang
+
+    def student(self, method: str) -> Path:
+        return self.root / "models" / "students" / method
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+
+def open_project(params_path: Path) -> tuple[Params, Layout]:
+    """Load params.yaml and the layout rooted at its folder."""
+    params = load_params(params_path)
+    return params, Layout(params_path.resolve().parent)

@@ -1,0 +1,392 @@
+"""Student losses: gold CRF NLL, the paper's distillation losses and the λ schedule.
+
+Every loss is a scalar **summed over tokens (and paths, labels) and divided by the number of
+sentences B**, as in the paper and the authors' code (paper digest §8.4), never by the number of
+tokens. Shapes: B sentences, N tokens (padded), L tags, K k-best ranks.
+
+Padding is handled here, not trusted to the caller: padded positions of every input (student
+emissions, teacher log-marginals, emissions, edge marginals, tags) are replaced by constants
+before any arithmetic, so whatever the pads hold (zeros, huge numbers, NaN) changes neither the
+losses nor their gradients.
+
+Teacher log-marginals may hold ``-inf`` where a constraint forbids a tag (probability exactly 0);
+the KL terms treat ``0 · log 0`` as 0 instead of NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from structkd.pipeline.errors import ConfigError
+from structkd.pipeline.params import METHODS, Method
+
+Mixture = Literal["sum", "mean"]
+
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "baseline": (),
+    "emission": ("emissions",),
+    "topk": ("topk_tags", "k_valid"),
+    "topwk": ("topk_tags", "topk_scores", "k_valid"),
+    "posterior": ("log_marginals",),
+    "pos+topwk": ("log_marginals", "topk_tags", "topk_scores", "k_valid"),
+    "structural": ("log_marginals", "edge_marginals"),
+}
+"""Knowledge-shard columns each method reads (gold ``tags`` and ``mask`` come from the corpus)."""
+
+assert set(REQUIRED_COLUMNS) == set(METHODS)
+
+
+class StudentCRF(Protocol):
+    """What the losses need from :class:`structkd.pipeline.crf.CRF` (all batched over B)."""
+
+    def log_partition(self, emissions: Tensor, mask: Tensor) -> Tensor: ...
+
+    def score(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor: ...
+
+    def log_marginals(self, emissions: Tensor, mask: Tensor) -> Tensor: ...
+
+    def expected_score(
+        self, emissions: Tensor, unary: Tensor, pairwise: Tensor, mask: Tensor
+    ) -> Tensor: ...
+
+
+def _tokens(x: Tensor, mask: Tensor, fill: float = 0.0) -> Tensor:
+    """``x: (B, N, ...)`` with every padded token replaced by ``fill``."""
+    keep = mask.reshape(mask.shape + (1,) * (x.dim() - mask.dim()))
+    return torch.where(keep, x, torch.full((), fill, dtype=x.dtype, device=x.device))
+
+
+def _check_temperature(temperature: float) -> None:
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ConfigError(f"temperature must be a positive number, got {temperature}")
+
+
+def _kl_sum(teacher_logits: Tensor, student_logits: Tensor, mask: Tensor, t: float) -> Tensor:
+    """``T² · Σ_tokens KL(softmax(teacher/T) ‖ softmax(student/T))`` (over the last axis).
+
+    ``0 · (log 0 − log 0)`` counts as 0, so tags forbidden for both sides (``-inf``) are fine.
+    """
+    log_p = F.log_softmax(_tokens(teacher_logits, mask) / t, dim=-1)
+    log_q = F.log_softmax(_tokens(student_logits, mask) / t, dim=-1)
+    p = log_p.exp()
+    kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return t * t * _tokens(kl, mask).sum()
+
+
+def gold_nll(crf: StudentCRF, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+    """CRF negative log-likelihood of the gold tags, summed over sentences and divided by B.
+
+    Args:
+        crf: the student CRF.
+        emissions: ``(B, N, L)`` student emission scores.
+        tags: ``(B, N)`` gold tag ids (pads may hold anything, e.g. -1).
+        mask: ``(B, N)`` bool, True on real tokens (every sentence has >= 1).
+    """
+    emissions = _tokens(emissions, mask)
+    tags = torch.where(mask, tags.long(), 0)
+    nll = crf.log_partition(emissions, mask) - crf.score(emissions, tags, mask)
+    return nll.sum() / mask.shape[0]
+
+
+def emission_kd(
+    student_emissions: Tensor, teacher_emissions: Tensor, mask: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """Emission KD (paper Eq. 5, authors' code): ``T²/B · Σ_t KL(softmax(E_t/T) ‖ softmax(E_s/T))``.
+
+    Transitions are ignored on both sides: each token's emission softmax is matched on its own.
+
+    Args:
+        student_emissions: ``(B, N, L)``.
+        teacher_emissions: ``(B, N, L)`` (any float dtype; pads ignored).
+        mask: ``(B, N)`` bool.
+        temperature: T > 0; T = 1 is the paper's Eq. 5 up to the teacher entropy (a constant).
+    """
+    _check_temperature(temperature)
+    teacher = teacher_emissions.to(student_emissions.dtype)
+    return _kl_sum(teacher, student_emissions, mask, temperature) / mask.shape[0]
+
+
+def _valid_path_nll(
+    crf: StudentCRF, student_emissions: Tensor, topk_tags: Tensor, k_valid: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``−log p_s(ŷ_bk)`` for every real teacher path, the student log Z computed once per sentence.
+
+    Pad ranks (``k >= k_valid[b]``) are never scored. All real paths are scored in one batched
+    ``crf.score`` call on emissions gathered per path; ``log Z`` is computed B times, not B·K.
+
+    Returns:
+        ``nll (V,)``, ``b (V,)`` and ``k (V,)``: the V real (sentence, rank) pairs, rank-major
+        within each sentence.
+    """
+    emissions = _tokens(student_emissions, mask)
+    n_ranks = topk_tags.shape[1]
+    real = torch.arange(n_ranks, device=mask.device) < k_valid.to(mask.device).long()[:, None]
+    b, k = real.nonzero(as_tuple=True)
+    paths = topk_tags[b, k].long()
+    paths = torch.where(mask[b], paths, 0)
+    log_z = crf.log_partition(emissions, mask)
+    nll = log_z[b] - crf.score(emissions[b], paths, mask[b])
+    return nll, b, k
+
+
+def topk_kd(
+    crf: StudentCRF, student_emissions: Tensor, topk_tags: Tensor, k_valid: Tensor, mask: Tensor
+) -> Tensor:
+    """Top-K KD (paper Eq. 8): ``1/B · Σ_b 1/k_b · Σ_{k < k_b} −log p_s(ŷ_bk | x_b)``.
+
+    The mean is over each sentence's ``k_valid`` real paths, never over the padded K, so a
+    sentence with fewer than K distinct paths is not down-weighted. A sentence with
+    ``k_valid = 0`` contributes 0.
+
+    Args:
+        crf: the student CRF.
+        student_emissions: ``(B, N, L)``.
+        topk_tags: ``(B, K, N)`` teacher k-best paths (ranks beyond ``k_valid`` ignored).
+        k_valid: ``(B,)`` number of real paths per sentence.
+        mask: ``(B, N)`` bool.
+    """
+    nll, b, _ = _valid_path_nll(crf, student_emissions, topk_tags, k_valid, mask)
+    weights = 1.0 / k_valid.to(nll.device)[b].to(nll.dtype)
+    return (weights * nll).sum() / mask.shape[0]
+
+
+def topk_weights(topk_scores: Tensor, k_valid: Tensor) -> Tensor:
+    """Top-WK weights ``p'_t``: softmax of the real paths' scores per sentence, pads exactly 0.
+
+    Computed in log space (Z_t cancels, so unnormalised path scores and log-probabilities give
+    the same weights). Returns ``(B, K)`` float64; rows with ``k_valid = 0`` are all 0.
+    """
+    n_ranks = topk_scores.shape[1]
+    real = torch.arange(n_ranks, device=topk_scores.device) < k_valid.long()[:, None]
+    scores = torch.where(real, topk_scores.double(), -math.inf)
+    top = scores.amax(dim=1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    shifted = (scores - top).exp()
+    return shifted / shifted.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+
+
+def topwk_kd(
+    crf: StudentCRF,
+    student_emissions: Tensor,
+    topk_tags: Tensor,
+    topk_scores: Tensor,
+    k_valid: Tensor,
+    mask: Tensor,
+) -> Tensor:
+    """Weighted Top-K KD (paper Eq. 9): ``1/B · Σ_b Σ_k p'_t(ŷ_bk) · −log p_s(ŷ_bk | x_b)``.
+
+    ``p'_t`` renormalises the teacher's path probabilities over its real k-best paths
+    (:func:`topk_weights`); not divided by K. With K covering every path this is the exact
+    sequence-level cross-entropy ``−Σ_y p_t(y) log p_s(y)``.
+
+    Args:
+        crf: the student CRF.
+        student_emissions: ``(B, N, L)``.
+        topk_tags: ``(B, K, N)`` teacher k-best paths.
+        topk_scores: ``(B, K)`` their teacher scores (``-inf`` beyond ``k_valid``).
+        k_valid: ``(B,)``.
+        mask: ``(B, N)`` bool.
+    """
+    nll, b, k = _valid_path_nll(crf, student_emissions, topk_tags, k_valid, mask)
+    weights = topk_weights(topk_scores.to(nll.device), k_valid.to(nll.device))[b, k]
+    return (weights.to(nll.dtype) * nll).sum() / mask.shape[0]
+
+
+def posterior_kd(
+    crf: StudentCRF,
+    student_emissions: Tensor,
+    teacher_log_marginals: Tensor,
+    mask: Tensor,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Posterior KD (paper Eq. 13, authors' form): ``T²/B · Σ_t KL(P_t ‖ P_s)``.
+
+    ``P_t = softmax(log q_t / T)`` and ``P_s = softmax(log q_s / T)`` per token, where ``q`` are
+    the CRFs' marginals from forward-backward at T = 1 (the student's differentiably). The
+    temperature sharpens or flattens each token's marginal (``∝ q^{1/T}``); it does not temper
+    the CRF potentials. At T = 1 this is Eq. 13 minus the teacher entropy (a constant).
+
+    Args:
+        crf: the student CRF.
+        student_emissions: ``(B, N, L)``.
+        teacher_log_marginals: ``(B, N, L)`` teacher ``log q(y_t = j)`` (``-inf`` = forbidden).
+        mask: ``(B, N)`` bool.
+        temperature: T > 0 (authors: 2.25 for the paper's numbers, 4 claimed better).
+    """
+    _check_temperature(temperature)
+    student = crf.log_marginals(_tokens(student_emissions, mask), mask)
+    teacher = teacher_log_marginals.to(student.dtype)
+    return _kl_sum(teacher, student, mask, temperature) / mask.shape[0]
+
+
+def structural_kd(
+    crf: StudentCRF,
+    student_emissions: Tensor,
+    teacher_unary: Tensor,
+    teacher_edge_marginals: Tensor,
+    mask: Tensor,
+) -> Tensor:
+    """Exact structural KD, CRF ⇒ CRF (arXiv 2010.05010 "Case 1a", paper digest §5).
+
+    ``1/B · Σ_b [log Z_s(x_b) − E_{q_t}[score_s(y, x_b)]] = −1/B · Σ_b Σ_y p_t(y) log p_s(y)``:
+    the full sequence-level cross-entropy, with no k-best approximation, because the student score
+    is linear in factors whose teacher expectations are the unary and edge marginals. There is
+    no temperature: this is the T = 1 objective, exact only because the teacher factors are the
+    consistent marginals of one sequence distribution (sentences whose value comes out below 0
+    from rounding of float16 marginals are clamped to 0, as the authors do).
+
+    Args:
+        crf: the student CRF.
+        student_emissions: ``(B, N, L)``.
+        teacher_unary: ``(B, N, L)`` teacher ``q(y_t = j)`` (probabilities, e.g.
+            ``log_marginals.exp()``).
+        teacher_edge_marginals: ``(B, N-1, L, L)`` teacher ``q(y_t = a, y_{t+1} = b)``.
+        mask: ``(B, N)`` bool.
+    """
+    emissions = _tokens(student_emissions, mask)
+    unary = _tokens(teacher_unary.to(emissions.dtype), mask)
+    pairwise = _tokens(teacher_edge_marginals.to(emissions.dtype), mask[:, 1:])
+    per_sentence = crf.log_partition(emissions, mask) - crf.expected_score(
+        emissions, unary, pairwise, mask
+    )
+    return per_sentence.clamp_min(0).sum() / mask.shape[0]
+
+
+def pos_topwk_kd(
+    crf: StudentCRF,
+    student_emissions: Tensor,
+    teacher_log_marginals: Tensor,
+    topk_tags: Tensor,
+    topk_scores: Tensor,
+    k_valid: Tensor,
+    mask: Tensor,
+    temperature: float = 1.0,
+    mixture: Mixture = "sum",
+) -> Tensor:
+    """Pos.+Top-WK: posterior KD (at ``temperature``) plus Top-WK (at T = 1).
+
+    ``mixture="sum"`` adds them (the authors' code); ``"mean"`` halves the sum (the paper's
+    "averaging of Eq. 9, 13").
+    """
+    if mixture not in ("sum", "mean"):
+        raise ConfigError(f"mixture must be 'sum' or 'mean', got {mixture!r}")
+    total = posterior_kd(
+        crf, student_emissions, teacher_log_marginals, mask, temperature
+    ) + topwk_kd(crf, student_emissions, topk_tags, topk_scores, k_valid, mask)
+    return total if mixture == "sum" else total / 2
+
+
+def lambda_at(epoch: int, anneal_rate_percent: float) -> float:
+    """Teacher-annealing weight of the KD loss: ``λ_e = max(0, 1 − e·a/100)``, e 0-based.
+
+    The rate is in **percent per epoch** (paper digest §4.1): a = 0.5 gives λ = 1 at epoch 0
+    (pure KD, no gold loss) and reaches 0 at epoch 200.
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if not (anneal_rate_percent >= 0 and math.isfinite(anneal_rate_percent)):
+        raise ConfigError(f"anneal_rate must be >= 0 (percent per epoch), got {anneal_rate_percent}")
+    return max(0.0, 1.0 - epoch * anneal_rate_percent / 100.0)
+
+
+def total_loss(kd: Tensor, gold: Tensor, lam: float) -> Tensor:
+    """``λ·L_KD + (1−λ)·L_gold`` (paper §3.3)."""
+    return lam * kd + (1.0 - lam) * gold
+
+
+def _column(batch: Mapping[str, Tensor] | Any, name: str, method: str) -> Tensor:
+    try:
+        return batch[name] if isinstance(batch, Mapping) else getattr(batch, name)
+    except (KeyError, AttributeError):
+        raise KeyError(f"batch has no '{name}', which method '{method}' needs") from None
+
+
+def distillation_loss(
+    method: Method,
+    crf: StudentCRF,
+    student_emissions: Tensor,
+    batch: Mapping[str, Tensor] | Any,
+    *,
+    temperature: float = 1.0,
+    mixture: Mixture = "sum",
+) -> Tensor:
+    """The KD term ``L_KD`` of ``method`` on one batch.
+
+    ``batch`` is a mapping (or an object with attributes) holding ``mask (B, N)`` bool, gold
+    ``tags (B, N)`` and the knowledge columns ``REQUIRED_COLUMNS[method]`` as tensors:
+    ``topk_tags (B, K, N)``, ``topk_scores (B, K)``, ``k_valid (B,)``, ``log_marginals (B, N, L)``,
+    ``emissions (B, N, L)`` (teacher), ``edge_marginals (B, N-1, L, L)``.
+
+    For ``"baseline"`` the KD term *is* the gold NLL, so ``total_loss`` gives the gold NLL for
+    every λ. ``temperature`` applies to ``emission``, ``posterior`` and the posterior part of
+    ``pos+topwk``; Top-K/Top-WK use the teacher's paths at T = 1 and ``structural`` is the exact
+    T = 1 cross-entropy.
+    """
+    mask = _column(batch, "mask", method).bool()
+
+    def col(name: str) -> Tensor:
+        return _column(batch, name, method).to(student_emissions.device)
+
+    if method == "baseline":
+        return gold_nll(crf, student_emissions, col("tags"), mask)
+    if method == "emission":
+        return emission_kd(student_emissions, col("emissions"), mask, temperature)
+    if method == "topk":
+        return topk_kd(crf, student_emissions, col("topk_tags"), col("k_valid"), mask)
+    if method == "topwk":
+        return topwk_kd(
+            crf, student_emissions, col("topk_tags"), col("topk_scores"), col("k_valid"), mask
+        )
+    if method == "posterior":
+        return posterior_kd(crf, student_emissions, col("log_marginals"), mask, temperature)
+    if method == "pos+topwk":
+        return pos_topwk_kd(
+            crf,
+            student_emissions,
+            col("log_marginals"),
+            col("topk_tags"),
+            col("topk_scores"),
+            col("k_valid"),
+            mask,
+            temperature,
+            mixture,
+        )
+    if method == "structural":
+        unary = col("log_marginals").to(student_emissions.dtype).exp()
+        return structural_kd(crf, student_emissions, unary, col("edge_marginals"), mask)
+    raise ConfigError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def student_loss(
+    method: Method,
+    crf: StudentCRF,
+    student_emissions: Tensor,
+    batch: Mapping[str, Tensor] | Any,
+    *,
+    lam: float,
+    temperature: float = 1.0,
+    mixture: Mixture = "sum",
+) -> Tensor:
+    """``total_loss`` of one batch, skipping whichever term has weight 0.
+
+    At λ = 1 (epoch 0) the gold NLL is not computed, at λ = 0 the KD term is not, and the
+    baseline computes only the gold NLL.
+    """
+    if method == "baseline" or lam <= 0.0:
+        mask = _column(batch, "mask", method).bool()
+        tags = _column(batch, "tags", method).to(student_emissions.device)
+        return gold_nll(crf, student_emissions, tags, mask)
+    kd = distillation_loss(
+        method, crf, student_emissions, batch, temperature=temperature, mixture=mixture
+    )
+    if lam >= 1.0:
+        return kd
+    mask = _column(batch, "mask", method).bool()
+    gold = gold_nll(crf, student_emissions, _column(batch, "tags", method), mask)
+    return total_loss(kd, gold, lam)

@@ -1,0 +1,1 @@
+"""One thin module per pipeline stage: read inputs and params, call the core, write outputs."""

@@ -1,0 +1,1 @@
+"""Parquet schemas, atomic shard writer, streaming reader and the knowledge cache."""

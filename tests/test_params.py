@@ -1,0 +1,73 @@
+"""params.yaml is validated strictly: unknown keys are named with a suggestion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from structkd.pipeline.errors import ConfigError
+from structkd.pipeline.params import load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _minimal() -> dict:
+    spec = {"format": "conllu", "scheme": "none", "train": "a", "dev": "b", "test": "c"}
+    return {"data": {"task": "upos", "languages": {"en": dict(spec)}}}
+
+
+def test_shipped_params_load() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert set(params.data.languages) == {"en", "de", "es", "nl"}
+    assert "fr" in params.data.zero_shot
+    assert "posterior" in params.student.methods
+    assert params.student.anneal_rate > 0
+
+
+def test_defaults_fill_missing_sections() -> None:
+    params = parse_params(_minimal())
+    assert params.export.k == 10
+    assert params.data.languages["en"].tag_column == -1
+
+
+def test_misspelled_key_is_named_with_suggestion() -> None:
+    raw = _minimal()
+    raw["student"] = {"temprature": 2.0}
+    with pytest.raises(ConfigError, match=r"student: unknown key 'temprature'; did you mean 'temperature'\?"):
+        parse_params(raw)
+
+
+def test_wrong_type_and_literal() -> None:
+    raw = _minimal()
+    raw["export"] = {"k": "ten"}
+    with pytest.raises(ConfigError, match=r"export.k: expected int, got 'ten'"):
+        parse_params(raw)
+    raw = _minimal()
+    raw["student"] = {"methods": ["posterior", "magic"]}
+    with pytest.raises(ConfigError, match=r"student.methods: 'magic' is not one of"):
+        parse_params(raw)
+
+
+def test_language_configured_twice(tmp_path: Path) -> None:
+    raw = _minimal()
+    raw["data"]["zero_shot"] = {"en": {"format": "conllu", "scheme": "none", "test": "x"}}
+    with pytest.raises(ConfigError, match="language 'en' is configured twice"):
+        parse_params(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "data:\n  task: t\n  languages:\n"
+        "    en: {format: conllu, scheme: none, train: a, dev: b, test: c}\n"
+        "    en: {format: conllu, scheme: none, train: a, dev: b, test: c}\n"
+    )
+    with pytest.raises(ConfigError, match=r"params.yaml:5: key 'en' is given twice"):
+        load_params(path)
+
+
+def test_missing_split_and_missing_file(tmp_path: Path) -> None:
+    raw = _minimal()
+    del raw["data"]["languages"]["en"]["dev"]
+    with pytest.raises(ConfigError, match="data.languages.en has no dev split"):
+        parse_params(raw)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")

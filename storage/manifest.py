@@ -182,8 +182,6 @@ def verify(directory: Path, *, deep: bool = True) -> list[str]:
         return [f"{directory / MANIFEST_NAME}: missing"]
     problems = [p for r in manifest.shards if (p := verify_shard(directory, r, deep=deep))]
     if not manifest.complete:
-        problems.append(
-            f"{directory / MANIFEST_NAME}: incomplete ({len(manifest.shards)} shards written so far)"
-        )
+        done = len(manifest.shards)
+        problems.append(f"{directory / MANIFEST_NAME}: incomplete ({done} shards written so far)")
     return problems
-

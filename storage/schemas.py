@@ -202,7 +202,7 @@ class KnowledgeMeta:
         return base.with_metadata(self.to_metadata())
 
     def to_metadata(self) -> dict[str, str]:
-        """Key-value metadata; CRF parameters as JSON (``-Infinity`` allowed for forbidden moves)."""
+        """Key-value metadata; CRF parameters as JSON (``-Infinity`` kept for forbidden moves)."""
         return {
             **_base_metadata("knowledge"),
             "labels": json.dumps(list(self.labels)),
@@ -251,7 +251,9 @@ def list_array(values: np.ndarray, sizes: np.ndarray, value_type: pa.DataType) -
         raise ValueError(f"values must have sum(sizes)={offsets[-1]} elements, got {len(values)}")
     if offsets[-1] > _INT32_MAX:
         raise ValueError(f"{offsets[-1]} values do not fit one list column; write smaller shards")
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, value_type))
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(values, value_type)
+    )
 
 
 def list_values(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +293,11 @@ def _check_rows(name: str, array: np.ndarray, n_rows: int) -> None:
 
 @dataclass(frozen=True, eq=False)
 class PreparedArrays:
-    """A prepared shard as flat arrays: ``sent_id, lengths: (n_sent,)``, ``tokens, tags: (n_tokens,)``."""
+    """A prepared shard as flat arrays.
+
+    Attributes:
+        sent_id, lengths: ``(n_sent,)``.  tokens, tags: ``(n_tokens,)``.
+    """
 
     sent_id: np.ndarray
     lengths: np.ndarray
@@ -309,7 +315,9 @@ class PreparedArrays:
             list_array(np.asarray(self.tags, np.int16), lengths, pa.int16()),
             pa.array(lengths.astype(np.int32)),
         ]
-        return pa.Table.from_arrays(arrays, schema=PREPARED_SCHEMA.with_metadata(meta.to_metadata()))
+        return pa.Table.from_arrays(
+            arrays, schema=PREPARED_SCHEMA.with_metadata(meta.to_metadata())
+        )
 
     @classmethod
     def from_table(cls, table: pa.Table) -> PreparedArrays:
@@ -324,7 +332,11 @@ class PreparedArrays:
 
 @dataclass(frozen=True, eq=False)
 class FeaturesArrays:
-    """A features shard as flat arrays: ``sent_id, lengths: (n_sent,)``, ``features: (n_tokens, dim)``."""
+    """A features shard as flat arrays.
+
+    Attributes:
+        sent_id, lengths: ``(n_sent,)``.  features: ``(n_tokens, dim)``.
+    """
 
     sent_id: np.ndarray
     lengths: np.ndarray
@@ -345,7 +357,9 @@ class FeaturesArrays:
             pa.array(lengths.astype(np.int32)),
             list_array(flat, lengths * meta.dim, pa.float16()),
         ]
-        return pa.Table.from_arrays(arrays, schema=FEATURES_SCHEMA.with_metadata(meta.to_metadata()))
+        return pa.Table.from_arrays(
+            arrays, schema=FEATURES_SCHEMA.with_metadata(meta.to_metadata())
+        )
 
     @classmethod
     def from_table(cls, table: pa.Table, *, dim: int) -> FeaturesArrays:
@@ -401,7 +415,10 @@ class KnowledgeArrays:
         }
         if meta.edge_marginals:
             edges = self.edge_marginals
-            shapes["edge_marginals"] = ((n_tok - n, n_tags, n_tags), None if edges is None else edges.shape)
+            shapes["edge_marginals"] = (
+                (n_tok - n, n_tags, n_tags),
+                None if edges is None else edges.shape,
+            )
         elif self.edge_marginals is not None:
             raise ValueError("edge_marginals given but meta.edge_marginals is False")
         for name, (want, got) in shapes.items():
@@ -430,7 +447,7 @@ class KnowledgeArrays:
         ).any(axis=1)
         bad["topk_scores increase"] = ((scores[:, 1:] > scores[:, :-1]) & ~pad[:, 1:]).any(axis=1)
         # path index of every flat topk_tags entry, to check that padding paths hold -1 only
-        path = (np.arange(k * n_tok) - np.repeat(k * (np.cumsum(lengths) - lengths), k * lengths))
+        path = np.arange(k * n_tok) - np.repeat(k * (np.cumsum(lengths) - lengths), k * lengths)
         path //= np.repeat(lengths, k * lengths)
         tags = np.asarray(self.topk_tags, np.int64)
         pad_tok = path >= np.repeat(k_valid, k * lengths)

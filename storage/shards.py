@@ -75,8 +75,6 @@ def write_table_atomic(
                 # one call per row group, so a failure can happen (and is handled) mid-file
                 for start in range(0, table.num_rows, row_group_rows):
                     writer.write_table(table.slice(start, row_group_rows))
-                if table.num_rows == 0:
-                    writer.write_table(table)
             f.flush()
             os.fsync(f.fileno())
         record = ShardRecord(path.name, table.num_rows, sha256_file(tmp), tmp.stat().st_size)

@@ -1,0 +1,166 @@
+"""Run one teacher over one prepared shard and write its knowledge shard (design.md §3).
+
+The teacher network computes emissions in torch; everything structured (log Z, marginals, edge
+marginals, exact k-best) comes from the numba kernels on the flat ragged arrays, in float64.
+One call is one dask task; it returns where its time went so the benchmark can report it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from structkd.pipeline import crf_kernels
+from structkd.pipeline.errors import InputError
+from structkd.pipeline.models import Tagger, load_tagger
+from structkd.pipeline.params import ExportParams
+from structkd.storage.schemas import (
+    FeaturesArrays,
+    FeaturesMeta,
+    KnowledgeArrays,
+    KnowledgeMeta,
+    PreparedArrays,
+)
+from structkd.storage.shards import read_shard, shard_metadata, write_table_atomic
+
+TEACHER_BATCH_TOKENS = 4000
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One unit of export work: a teacher, one prepared shard and its features shard."""
+
+    teacher_dir: str
+    prepared: str
+    features: str
+    output: str
+    cache_key: str
+    digests: tuple[tuple[str, str], ...]
+    settings: ExportParams
+
+
+@dataclass(frozen=True)
+class ShardTiming:
+    """Seconds spent in each part of a shard's export, and its size."""
+
+    sentences: int
+    network: float
+    kernels: float
+    writing: float
+
+
+@lru_cache(maxsize=8)
+def _teacher(teacher_dir: str, mtime: float) -> Tagger:
+    """One loaded teacher per worker process (the mtime makes a retrained teacher reload)."""
+    torch.set_num_threads(1)
+    return load_tagger(Path(teacher_dir))
+
+
+def teacher_emissions(
+    model: Tagger, tokens: np.ndarray, features: np.ndarray, lengths: np.ndarray
+) -> np.ndarray:
+    """Emissions ``(n_tokens, n_tags)`` float64 for flat tokens/features, in length-sorted batches."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    out = np.empty((int(offsets[-1]), model.config.n_tags), np.float64)
+    order = np.argsort(lengths, kind="stable")
+    batch: list[int] = []
+
+    def flush() -> None:
+        n = int(lengths[batch].max())
+        feats = torch.zeros(len(batch), n, features.shape[1])
+        mask = torch.zeros(len(batch), n, dtype=torch.bool)
+        words = []
+        for row, i in enumerate(batch):
+            lo, hi = offsets[i], offsets[i + 1]
+            feats[row, : hi - lo] = torch.from_numpy(features[lo:hi].astype(np.float32))
+            mask[row, : hi - lo] = True
+            words.append(list(tokens[lo:hi]))
+        with torch.inference_mode():
+            scores = model.emissions(feats, mask, words).double().numpy()
+        for row, i in enumerate(batch):
+            lo, hi = offsets[i], offsets[i + 1]
+            out[lo:hi] = scores[row, : hi - lo]
+        batch.clear()
+
+    for i in order:
+        if batch and (len(batch) + 1) * int(lengths[i]) > TEACHER_BATCH_TOKENS:
+            flush()
+        batch.append(int(i))
+    if batch:
+        flush()
+    return out
+
+
+def export_shard(job: ShardJob) -> ShardTiming:
+    """Compute and atomically write the knowledge shard of ``job``."""
+    began = time.perf_counter()
+    model = _teacher(job.teacher_dir, (Path(job.teacher_dir) / "model.safetensors").stat().st_mtime)
+    prepared = PreparedArrays.from_table(read_shard(Path(job.prepared)))
+    dim = FeaturesMeta.from_metadata(shard_metadata(Path(job.features))).dim
+    feats = FeaturesArrays.from_table(read_shard(Path(job.features)), dim=dim)
+    if len(feats.sent_id) != len(prepared.sent_id) or not np.array_equal(
+        feats.sent_id, prepared.sent_id
+    ):
+        raise InputError(
+            job.features,
+            f"has {len(feats.sent_id)} rows but {job.prepared} has {len(prepared.sent_id)} "
+            "(or their sentence ids differ); re-run `structkd stage embed`",
+        )
+    lengths = np.asarray(prepared.lengths, np.int64)
+    emissions = teacher_emissions(model, prepared.tokens, feats.features, lengths)
+    network_done = time.perf_counter()
+
+    bad = ~np.isfinite(emissions).all(axis=1)
+    if bad.any():
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        sentence = int(prepared.sent_id[np.searchsorted(offsets, np.argmax(bad), "right") - 1])
+        raise InputError(
+            f"{job.teacher_dir}",
+            f"teacher emissions contain NaN or inf for sentence {sentence} of {job.prepared}; "
+            "refusing to export",
+        )
+    crf = model.crf.numpy_params()
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    kwargs = {"emissions": emissions, "offsets": offsets, **crf}
+    log_z, log_marginals = crf_kernels.forward_backward(**kwargs)
+    kbest_tags, kbest_scores, k_valid = crf_kernels.kbest(**kwargs, k=job.settings.k)
+    edges = crf_kernels.edge_marginals(**kwargs) if job.settings.edge_marginals else None
+    kernels_done = time.perf_counter()
+
+    meta = KnowledgeMeta(
+        labels=model.labels.labels,
+        transitions=crf["transitions"],
+        start=crf["start"],
+        end=crf["end"],
+        k=job.settings.k,
+        cache_key=job.cache_key,
+        digests=dict(job.digests),
+        marginals_dtype=job.settings.marginals_dtype,
+        emissions_dtype=job.settings.emissions_dtype,
+        edge_marginals=job.settings.edge_marginals,
+    )
+    arrays = KnowledgeArrays(
+        sent_id=prepared.sent_id,
+        lengths=lengths,
+        log_z=log_z,
+        topk_tags=kbest_tags.astype(np.int16),
+        topk_scores=kbest_scores.astype(np.float32),
+        k_valid=k_valid.astype(np.int16),
+        log_marginals=log_marginals,
+        emissions=emissions,
+        edge_marginals=edges,
+    )
+    arrays.validate(meta)
+    write_table_atomic(arrays.to_table(meta), Path(job.output))
+    done = time.perf_counter()
+    return ShardTiming(
+        sentences=len(lengths),
+        network=network_done - began,
+        kernels=kernels_done - network_done,
+        writing=done - kernels_done,
+    )

@@ -1,0 +1,49 @@
+"""Command ``predict``: tag whitespace-tokenised text or a CoNLL file with a trained model.
+
+Text input: one sentence per line, tokens separated by spaces. CoNLL input (``--conll``): the
+first column holds the tokens, blank lines separate sentences. Output: CoNLL ``token<TAB>tag``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+
+def _read(lines: list[str], conll: bool) -> list[list[str]]:
+    if not conll:
+        return [line.split() for line in lines if line.strip()]
+    sentences: list[list[str]] = [[]]
+    for line in lines:
+        if line.strip():
+            sentences[-1].append(line.split()[0])
+        elif sentences[-1]:
+            sentences.append([])
+    return [s for s in sentences if s]
+
+
+def main(
+    model: Annotated[
+        Path,
+        typer.Option(exists=True, file_okay=False, help="A model directory (teacher or student)."),
+    ],
+    file: Annotated[
+        Path | None, typer.Argument(exists=True, dir_okay=False, help="Input; stdin if absent.")
+    ] = None,
+    conll: Annotated[bool, typer.Option(help="Input is CoNLL columns (token first).")] = False,
+    scheme: Annotated[
+        Literal["iob2", "iob1", "bioes"], typer.Option(help="Output scheme for span tasks.")
+    ] = "iob2",
+) -> None:
+    """Tag text with MODEL and print CoNLL (token, tab, tag; blank line between sentences)."""
+    from structkd.pipeline.predictor import Predictor
+
+    text = file.read_text("utf-8") if file is not None else sys.stdin.read()
+    is_conll = conll or (file is not None and file.suffix in {".conll", ".conllu", ".bio", ".tsv"})
+    sentences = _read(text.splitlines(), is_conll)
+    tagged = Predictor.load(model, scheme=scheme).tag(sentences)
+    for tokens, tags in zip(sentences, tagged, strict=True):
+        typer.echo("\n".join(f"{t}\t{g}" for t, g in zip(tokens, tags, strict=True)) + "\n")

@@ -1,0 +1,564 @@
+"""Streaming training batches from features, gold tags and teacher knowledge shards.
+
+Shard i of a language's features, prepared corpus and knowledge hold the same sentences in the
+same order, so they are zipped row by row, never joined (a row count, sent_id or length mismatch
+is an error naming both files). Each consumer (rank x dataloader worker) reads only its own
+contiguous block of shards (huggingface/datasets ``split_shard_indices_by_worker``); with fewer
+shards than consumers it falls back to row groups, then to every n-th sentence, so that every
+sentence is yielded exactly once per epoch across all consumers.
+
+Memory is bounded by the shuffle buffer plus one read batch per open shard, whatever the number
+of shards: sentences are pooled until ``buffer_size``, then the whole pool is cut into
+length-bucketed batches of at most ``max_tokens`` padded tokens, emitted in random order.
+Use with ``DataLoader(stream, batch_size=None)``.
+
+Note for DistributedDataParallel: ranks may get different numbers of batches; the trainer must
+cope (e.g. ``Join`` or a fixed step count per epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from structkd.pipeline.errors import ConfigError, InputError, StructkdError
+from structkd.storage.manifest import INVALID_PARQUET
+from structkd.storage.schemas import (
+    FeaturesMeta,
+    KnowledgeMeta,
+    PreparedMeta,
+    TableKind,
+    labels_digest,
+    list_values,
+)
+from structkd.storage.shards import check_metadata, open_shard
+
+KnowledgeColumn = Literal[
+    "log_z", "topk_tags", "topk_scores", "k_valid", "log_marginals", "emissions", "edge_marginals"
+]
+_KINDS: tuple[TableKind, ...] = ("prepared", "features", "knowledge")
+_BASE_COLUMNS = ["sent_id", "length"]
+
+
+@dataclass(frozen=True)
+class LanguageShards:
+    """One language's shard lists; index i of each list covers the same sentences."""
+
+    lang: str
+    prepared: Sequence[Path]
+    features: Sequence[Path]
+    knowledge: Sequence[Path] | None = None
+
+
+@dataclass
+class Batch:
+    """A padded batch (B sentences, N = longest length). Knowledge fields are None unless read.
+
+    Attributes:
+        features: ``(B, N, dim)`` float32.  mask: ``(B, N)`` bool.  tags: ``(B, N)`` long gold
+            (0 at padding).  lengths, lang, sent_id: ``(B,)`` long; ``lang`` indexes
+            :attr:`DistillationStream.langs`.
+        log_z: ``(B,)`` float64.  topk_tags: ``(B, K, N)`` long, -1 at padding and missing paths.
+        topk_scores: ``(B, K)`` float32, -inf for missing paths.  k_valid: ``(B,)`` long.
+        log_marginals, emissions: ``(B, N, L)`` float32.  edge_marginals: ``(B, N-1, L, L)``.
+    """
+
+    features: torch.Tensor
+    mask: torch.Tensor
+    tags: torch.Tensor
+    lengths: torch.Tensor
+    lang: torch.Tensor
+    sent_id: torch.Tensor
+    log_z: torch.Tensor | None = None
+    topk_tags: torch.Tensor | None = None
+    topk_scores: torch.Tensor | None = None
+    k_valid: torch.Tensor | None = None
+    log_marginals: torch.Tensor | None = None
+    emissions: torch.Tensor | None = None
+    edge_marginals: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The batch with every tensor moved to ``device``."""
+        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copy (called by ``DataLoader(pin_memory=True)``)."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        changes = {
+            f.name: fn(v)
+            for f in dataclasses.fields(self)
+            if (v := getattr(self, f.name)) is not None
+        }
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    lang_id: int
+    paths: tuple[Path, ...]  # prepared, features[, knowledge]
+    rows: int
+    row_groups: tuple[int, ...]  # row-group boundaries of the features file: 0, ..., rows
+
+
+_Unit = tuple[int, int, int]  # shard index, first row, stop row
+_Chunk = dict[str, np.ndarray]
+
+
+class DistillationStream(IterableDataset[Batch]):
+    """Length-bucketed, token-budget batches mixing languages, sharded over ranks and workers.
+
+    Args:
+        sources: one :class:`LanguageShards` per language.
+        max_tokens: padded tokens per batch (B * N); a longer sentence forms its own batch.
+        knowledge_columns: knowledge columns to read (only what the KD method needs).
+        shuffle: shuffle shard order (per epoch), the pool and the batch order; False gives a
+            deterministic order for evaluation.
+        seed: base seed; epoch e uses ``(seed, e)``.
+        buffer_size: sentences pooled before batching (the shuffle window).
+        interleave: shards read at once when shuffling, so a pool mixes shards and languages.
+        read_rows: rows per read; ``buffer_size >= interleave * read_rows`` lets every pool
+            draw from all open shards.
+        rank, world_size: this process in distributed training; None asks torch.distributed.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[LanguageShards],
+        *,
+        max_tokens: int = 2000,
+        knowledge_columns: Sequence[KnowledgeColumn] = (),
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_size: int = 4096,
+        interleave: int = 8,
+        read_rows: int = 256,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in [
+            ("max_tokens", max_tokens),
+            ("buffer_size", buffer_size),
+            ("interleave", interleave),
+            ("read_rows", read_rows),
+        ]:
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        unknown = set(knowledge_columns) - set(get_args(KnowledgeColumn))
+        if unknown:
+            raise ConfigError(f"unknown knowledge columns {sorted(unknown)}")
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.world_size = (
+            world_size
+            if world_size is not None
+            else (torch.distributed.get_world_size() if dist else 1)
+        )
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
+        self.langs = tuple(s.lang for s in sources)
+        if not self.langs or len(set(self.langs)) != len(self.langs):
+            raise ConfigError(f"sources must name distinct languages, got {list(self.langs)}")
+        self.knowledge_columns = tuple(dict.fromkeys(knowledge_columns))
+        self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
+        self.buffer_size, self.interleave, self.read_rows = buffer_size, interleave, read_rows
+        self.epoch = 0
+        self.peak_pool_sentences = 0
+        self.dim = 0
+        self.k: int | None = None
+        self.labels: tuple[str, ...] | None = None
+        self._labels_digest: tuple[str, Path] | None = None
+        self._shards = [sh for i, src in enumerate(sources) for sh in self._scan(i, src)]
+
+    @property
+    def total_sentences(self) -> int:
+        """Sentences per epoch over all consumers."""
+        return sum(sh.rows for sh in self._shards)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shuffle (call before creating the epoch's iterator)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        return (
+            self.iter_consumer(0, 1)
+            if info is None
+            else self.iter_consumer(info.id, info.num_workers)
+        )
+
+    def iter_consumer(self, worker_id: int, num_workers: int) -> Iterator[Batch]:
+        """Batches of dataloader worker ``worker_id`` of ``num_workers`` on this rank."""
+        n_consumers = self.world_size * num_workers
+        consumer = self.rank * num_workers + worker_id
+        units, stride = self._plan(n_consumers, consumer)
+        rng = np.random.default_rng([self.seed, self.epoch, consumer])
+        pool: list[_Chunk] = []
+        pooled = 0
+        for chunk in self._chunks(units, stride, consumer, rng):
+            pool.append(chunk)
+            pooled += len(chunk["sent_id"])
+            self.peak_pool_sentences = max(self.peak_pool_sentences, pooled)
+            if pooled >= self.buffer_size:
+                yield from self._drain(pool, rng)
+                pool, pooled = [], 0
+        if pool:
+            yield from self._drain(pool, rng)
+
+    # ---- planning -------------------------------------------------------------------------
+
+    def _scan(self, lang_id: int, src: LanguageShards) -> list[_Shard]:
+        """Read every footer once: row counts, row groups, and cross-file consistency."""
+        lists = [list(src.prepared), list(src.features)]
+        if self.knowledge_columns:
+            if src.knowledge is None:
+                raise ConfigError(
+                    f"knowledge columns {list(self.knowledge_columns)} requested but language "
+                    f"{src.lang!r} has no knowledge shards"
+                )
+            lists.append(list(src.knowledge))
+        if len({len(x) for x in lists}) != 1:
+            counts = ", ".join(f"{k} {len(x)}" for k, x in zip(_KINDS, lists, strict=False))
+            raise StructkdError(f"language {src.lang!r}: shard counts differ ({counts})")
+        shards = []
+        for paths in zip(*lists, strict=True):
+            footers = [
+                self._footer(Path(p), kind, src.lang)
+                for p, kind in zip(paths, _KINDS, strict=False)
+            ]
+            rows = [f.num_rows for f in footers]
+            for path, n in zip(paths[1:], rows[1:], strict=False):
+                if n != rows[0]:
+                    raise StructkdError(
+                        f"{paths[0]} has {rows[0]} rows but {path} has {n} (shards must hold "
+                        "the same sentences in the same order)"
+                    )
+            sizes = [footers[1].row_group(i).num_rows for i in range(footers[1].num_row_groups)]
+            bounds = tuple(int(b) for b in np.cumsum([0, *sizes]))
+            shards.append(_Shard(lang_id, tuple(Path(p) for p in paths), rows[0], bounds))
+        return shards
+
+    def _footer(self, path: Path, kind: TableKind, lang: str) -> pq.FileMetaData:
+        try:
+            footer = pq.read_metadata(path)
+        except FileNotFoundError as e:
+            raise StructkdError(f"{path}: file not found") from e
+        except (pa.ArrowInvalid, OSError) as e:
+            raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
+        raw = check_metadata(path, footer.metadata, expect_table=kind)
+        if kind == "prepared":
+            meta = PreparedMeta.from_metadata(raw)
+            if meta.lang != lang:
+                raise StructkdError(f"{path}: holds language {meta.lang!r}, listed as {lang!r}")
+            self._same_labels(meta.labels_digest, path)
+        elif kind == "features":
+            dim = FeaturesMeta.from_metadata(raw).dim
+            if self.dim and dim != self.dim:
+                raise StructkdError(f"{path}: feature dim {dim}, other shards have {self.dim}")
+            self.dim = dim
+        else:
+            self._check_knowledge(path, KnowledgeMeta.from_metadata(raw), footer)
+        return footer
+
+    def _same_labels(self, digest: str, path: Path) -> None:
+        if self._labels_digest is None:
+            self._labels_digest = (digest, path)
+        elif digest != self._labels_digest[0]:
+            raise StructkdError(
+                f"{path}: label set differs from that of {self._labels_digest[1]} "
+                "(one label set per task)"
+            )
+
+    def _check_knowledge(self, path: Path, meta: KnowledgeMeta, footer: pq.FileMetaData) -> None:
+        names = footer.schema.to_arrow_schema().names
+        if absent := [c for c in self.knowledge_columns if c not in names]:
+            raise ConfigError(f"{path}: has no column {absent[0]} (re-export with it)")
+        if self.k is not None and meta.k != self.k:
+            raise StructkdError(f"{path}: exported with K={meta.k}, other shards have K={self.k}")
+        self.k, self.labels = meta.k, meta.labels
+        self._same_labels(labels_digest(meta.labels), path)
+
+    def _plan(self, n_consumers: int, consumer: int) -> tuple[list[_Unit], int | None]:
+        """This consumer's units in reading order, and the stride for every-n-th fallback."""
+        units = [(i, 0, sh.rows) for i, sh in enumerate(self._shards) if sh.rows]
+        if len(units) < n_consumers:  # too few shards: split them at row-group boundaries
+            units = [
+                (i, a, b)
+                for i, sh in enumerate(self._shards)
+                for a, b in pairwise(sh.row_groups)
+                if b > a
+            ]
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(units))
+            units = [units[j] for j in order]
+        if len(units) < n_consumers:  # still too few: everyone reads all, keeps every n-th
+            return units, n_consumers
+        per, extra = divmod(len(units), n_consumers)
+        start = consumer * per + min(consumer, extra)
+        return units[start : start + per + (consumer < extra)], None
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def _chunks(
+        self, units: list[_Unit], stride: int | None, consumer: int, rng: np.random.Generator
+    ) -> Iterator[_Chunk]:
+        """Chunks of the units, drawn at random from ``interleave`` open units when shuffling."""
+        bases = np.cumsum([0] + [b - a for _, a, b in units])
+        pending = iter(range(len(units)))
+        keep = None if stride is None else (stride, consumer)
+
+        def open_next() -> Iterator[_Chunk] | None:
+            j = next(pending, None)
+            return None if j is None else self._unit_chunks(units[j], int(bases[j]), keep)
+
+        width = self.interleave if self.shuffle else 1
+        active = [r for r in (open_next() for _ in range(width)) if r is not None]
+        while active:
+            i = int(rng.integers(len(active))) if self.shuffle else 0
+            chunk = next(active[i], None)
+            if chunk is not None:
+                yield chunk
+            elif (replacement := open_next()) is not None:
+                active[i] = replacement
+            else:
+                active.pop(i)
+
+    def _unit_chunks(
+        self, unit: _Unit, base: int, keep: tuple[int, int] | None
+    ) -> Iterator[_Chunk]:
+        index, start, stop = unit
+        shard = self._shards[index]
+        columns = [
+            [*_BASE_COLUMNS, "tags"],
+            [*_BASE_COLUMNS, "features"],
+            [*_BASE_COLUMNS, *self.knowledge_columns],
+        ]
+        with contextlib.ExitStack() as stack:
+            streams = []
+            for path, kind, cols in zip(shard.paths, _KINDS, columns, strict=False):
+                f = stack.enter_context(open_shard(path, expect_table=kind))
+                streams.append(_read_range(f, path, cols, start, stop, self.read_rows))
+            row = start
+            for batches in _zip_aligned(streams, shard.paths):
+                n = batches[0].num_rows
+                if keep is not None:
+                    rows = np.flatnonzero((base + row - start + np.arange(n)) % keep[0] == keep[1])
+                    batches = [b.take(pa.array(rows)) for b in batches]
+                    chunk = self._to_chunk(batches, shard, row, rows)
+                else:
+                    chunk = self._to_chunk(batches, shard, row, np.arange(n))
+                row += n
+                if len(chunk["sent_id"]):
+                    yield chunk
+
+    def _to_chunk(
+        self, batches: list[pa.RecordBatch], shard: _Shard, row: int, rows: np.ndarray
+    ) -> _Chunk:
+        """Numpy columns of aligned record batches, after checking they are the same sentences."""
+        ids = batches[0].column("sent_id").to_numpy()
+        lengths = batches[0].column("length").to_numpy().astype(np.int64)
+        for batch, path in zip(batches[1:], shard.paths[1:], strict=True):
+            for name, ref in (("sent_id", ids), ("length", lengths)):
+                other = batch.column(name).to_numpy()
+                if not np.array_equal(other, ref):
+                    j = int(np.flatnonzero(other != ref)[0])
+                    raise StructkdError(
+                        f"{shard.paths[0]}: row {row + rows[j]} has {name} {ref[j]} but {path} "
+                        f"has {name} {other[j]} (shards must hold the same sentences in the same order)"
+                    )
+        if len(lengths) and lengths.min() < 1:
+            j = int(np.argmin(lengths))
+            raise InputError(f"{shard.paths[0]}: sentence {row + rows[j]}", "empty sentence")
+        chunk: _Chunk = {
+            "lang": np.full(len(ids), shard.lang_id, np.int64),
+            "sent_id": ids,
+            "lengths": lengths,
+            "tags": _ragged(batches[0], "tags", lengths, shard.paths[0], row, rows),
+            "features": _ragged(
+                batches[1], "features", lengths * self.dim, shard.paths[1], row, rows
+            ),
+        }
+        if not self.knowledge_columns:
+            return chunk
+        know, path, k = batches[2], shard.paths[2], self.k or 0
+        n_tags = len(self.labels or ())
+        sizes = {
+            "topk_tags": lengths * k,
+            "topk_scores": np.full(len(ids), k),
+            "log_marginals": lengths * n_tags,
+            "emissions": lengths * n_tags,
+            "edge_marginals": (lengths - 1) * n_tags * n_tags,
+        }
+        for name in self.knowledge_columns:
+            if name in sizes:
+                chunk[name] = _ragged(know, name, sizes[name], path, row, rows)
+            else:
+                chunk[name] = know.column(name).to_numpy()
+        return chunk
+
+    # ---- batching -------------------------------------------------------------------------
+
+    def _drain(self, pool: list[_Chunk], rng: np.random.Generator) -> Iterator[Batch]:
+        """Cut the whole pool into length-bucketed token-budget batches."""
+        cat = {name: np.concatenate([c[name] for c in pool]) for name in pool[0]}
+        lengths = cat["lengths"]
+        if self.shuffle:  # random order among equal lengths, then sort by length
+            perm = rng.permutation(len(lengths))
+            order = perm[np.argsort(lengths[perm], kind="stable")]
+        else:
+            order = np.argsort(lengths, kind="stable")
+        cuts = _token_budget_cuts(lengths[order], self.max_tokens)
+        tok_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        edge_offsets = np.concatenate([[0], np.cumsum(lengths - 1)])
+        for b in rng.permutation(len(cuts)) if self.shuffle else range(len(cuts)):
+            a, z = cuts[b]
+            yield self._make_batch(cat, tok_offsets, edge_offsets, order[a:z])
+
+    def _make_batch(
+        self, cat: _Chunk, tok_offsets: np.ndarray, edge_offsets: np.ndarray, rows: np.ndarray
+    ) -> Batch:
+        """Pad pooled sentences ``rows`` into a :class:`Batch` (vectorised gathers, no loop)."""
+        n = cat["lengths"][rows]
+        size, longest = len(rows), int(n.max())
+        b_tok, t_tok, src = _scatter_index(n, tok_offsets[rows])
+        # shape: (B, N)
+        mask = np.zeros((size, longest), bool)
+        mask[b_tok, t_tok] = True
+        tags = np.zeros((size, longest), np.int64)
+        tags[b_tok, t_tok] = cat["tags"][src]
+        # shape: (B, N, dim)
+        features = np.zeros((size, longest, self.dim), np.float32)
+        features[b_tok, t_tok] = cat["features"].reshape(-1, self.dim)[src]
+        out: dict[str, np.ndarray] = {}
+        n_tags = len(self.labels or ())
+        for name in self.knowledge_columns:
+            values = cat[name]
+            if name in ("log_z", "k_valid"):
+                out[name] = values[rows].astype(np.float64 if name == "log_z" else np.int64)
+            elif name == "topk_scores":
+                out[name] = values.reshape(-1, self.k or 0)[rows].astype(np.float32)  # (B, K)
+            elif name == "topk_tags":
+                k = self.k or 0
+                # sentence i's k paths are k consecutive blocks of n_i tags
+                path = np.arange(k)[:, None]
+                flat = (k * tok_offsets[rows])[b_tok][None, :] + path * n[b_tok][None, :]
+                out[name] = np.full((size, k, longest), -1, np.int64)
+                out[name][b_tok[None, :], path, t_tok[None, :]] = values[flat + t_tok[None, :]]
+            elif name == "edge_marginals":
+                b_edge, t_edge, src_edge = _scatter_index(n - 1, edge_offsets[rows])
+                # shape: (B, N-1, L, L)
+                out[name] = np.zeros((size, longest - 1, n_tags, n_tags), np.float32)
+                out[name][b_edge, t_edge] = values.reshape(-1, n_tags, n_tags)[src_edge]
+            else:  # log_marginals, emissions: (B, N, L)
+                out[name] = np.zeros((size, longest, n_tags), np.float32)
+                out[name][b_tok, t_tok] = values.reshape(-1, n_tags)[src]
+        return Batch(
+            features=torch.from_numpy(features),
+            mask=torch.from_numpy(mask),
+            tags=torch.from_numpy(tags),
+            lengths=torch.from_numpy(n.astype(np.int64)),
+            lang=torch.from_numpy(cat["lang"][rows]),
+            sent_id=torch.from_numpy(cat["sent_id"][rows].astype(np.int64)),
+            **{name: torch.from_numpy(v) for name, v in out.items()},
+        )
+
+
+def _scatter_index(n: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ragged rows of sizes ``n`` starting at ``starts``: (row, position, source) per item."""
+    total = int(n.sum())
+    row = np.repeat(np.arange(len(n)), n)
+    pos = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+    return row, pos, np.repeat(starts, n) + pos
+
+
+def _token_budget_cuts(sorted_lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """Greedy ``[a, z)`` batches over ascending lengths with (z - a) * longest <= max_tokens."""
+    cuts, a, total = [], 0, len(sorted_lengths)
+    while a < total:
+        lo, hi = 1, total - a  # largest count m with m * sorted_lengths[a + m - 1] <= budget
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if mid * int(sorted_lengths[a + mid - 1]) <= max_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        cuts.append((a, a + lo))
+        a += lo
+    return cuts
+
+
+def _ragged(
+    batch: pa.RecordBatch, name: str, sizes: np.ndarray, path: Path, row: int, rows: np.ndarray
+) -> np.ndarray:
+    """Flat values of list column ``name`` after checking every row has ``sizes`` values."""
+    values, offsets = list_values(batch.column(name))
+    got = np.diff(offsets)
+    if not np.array_equal(got, sizes):
+        j = int(np.flatnonzero(got != sizes)[0])
+        raise StructkdError(
+            f"{path}: row {row + rows[j]}: {name} has {got[j]} values, expected {sizes[j]}"
+        )
+    return values
+
+
+def _read_range(
+    shard: pq.ParquetFile, path: Path, columns: list[str], start: int, stop: int, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of rows ``[start, stop)``, reading only the row groups that overlap."""
+    meta = shard.metadata
+    bounds = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    first = int(np.searchsorted(bounds, start, side="right")) - 1
+    last = int(np.searchsorted(bounds, stop, side="left"))
+    pos = int(bounds[first])
+    try:
+        for batch in shard.iter_batches(
+            batch_size=batch_rows,
+            row_groups=list(range(first, last)),
+            columns=columns,
+            use_threads=False,
+        ):
+            lo, hi = max(start - pos, 0), min(stop - pos, batch.num_rows)
+            if hi > lo:
+                yield batch.slice(lo, hi - lo)
+            pos += batch.num_rows
+            if pos >= stop:
+                return
+    except (pa.ArrowInvalid, OSError) as e:
+        raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
+
+
+def _zip_aligned(
+    streams: list[Iterator[pa.RecordBatch]], paths: tuple[Path, ...]
+) -> Iterator[list[pa.RecordBatch]]:
+    """Equal-length slices of several record-batch streams (their batch sizes may differ)."""
+    fronts: list[pa.RecordBatch | None] = [None] * len(streams)
+    while True:
+        for i, stream in enumerate(streams):
+            while fronts[i] is None or fronts[i].num_rows == 0:  # type: ignore[union-attr]
+                fronts[i] = next(stream, None)
+                if fronts[i] is None:
+                    break
+        ended = [f is None for f in fronts]
+        if all(ended):
+            return
+        if any(ended):
+            raise StructkdError(
+                f"{paths[ended.index(True)]} ended before {paths[ended.index(False)]} "
+                "(shards must hold the same sentences in the same order)"
+            )
+        n = min(f.num_rows for f in fronts if f is not None)
+        yield [f.slice(0, n) for f in fronts if f is not None]
+        fronts = [f.slice(n) for f in fronts if f is not None]

@@ -1,0 +1,333 @@
+"""Schemas, atomic shard writing, shard validation and manifests."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from structkd.pipeline.errors import InputError, StructkdError
+from structkd.storage.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardRecord,
+    read_manifest,
+    sha256_file,
+    verify,
+    write_manifest,
+)
+from structkd.storage.schemas import (
+    FEATURES_SCHEMA,
+    KNOWLEDGE_SCHEMA,
+    PREPARED_SCHEMA,
+    FeaturesArrays,
+    FeaturesMeta,
+    KnowledgeArrays,
+    KnowledgeMeta,
+    PreparedArrays,
+    PreparedMeta,
+    labels_digest,
+    list_array,
+    list_values,
+)
+from structkd.storage.shards import read_shard, shard_metadata, shard_name, write_table_atomic
+
+LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+
+
+def make_knowledge(
+    rng: np.random.Generator, n_sent: int, *, k: int = 3, edges: bool = True
+) -> KnowledgeArrays:
+    """Random knowledge that follows the contract: -inf scores and -1 tags for missing paths."""
+    n_tags = len(LABELS)
+    lengths = rng.integers(1, 9, n_sent)
+    n_tok = int(lengths.sum())
+    k_valid = rng.integers(1, k + 1, n_sent)
+    scores = -np.sort(rng.exponential(3.0, (n_sent, k)), axis=1).astype(np.float32)
+    scores[np.arange(k)[None, :] >= k_valid[:, None]] = -np.inf
+    blocks = []
+    for n, kv in zip(lengths, k_valid, strict=True):
+        block = rng.integers(0, n_tags, (k, n))
+        block[kv:] = -1
+        blocks.append(block.reshape(-1))
+    marginals = np.log(rng.dirichlet(np.ones(n_tags), n_tok))
+    marginals[0, 1] = -np.inf  # a forbidden tag has probability exactly 0
+    return KnowledgeArrays(
+        sent_id=np.arange(100, 100 + n_sent),
+        lengths=lengths,
+        log_z=rng.normal(10.0, 3.0, n_sent),
+        topk_tags=np.concatenate(blocks),
+        topk_scores=scores,
+        k_valid=k_valid,
+        log_marginals=marginals,
+        emissions=rng.normal(0.0, 2.0, (n_tok, n_tags)),
+        edge_marginals=(
+            rng.dirichlet(np.ones(n_tags * n_tags), n_tok - n_sent).reshape(-1, n_tags, n_tags)
+            if edges
+            else None
+        ),
+    )
+
+
+def make_meta(k: int = 3, dtype: str = "float32", edges: bool = True) -> KnowledgeMeta:
+    n_tags = len(LABELS)
+    transitions = np.arange(n_tags * n_tags, dtype=float).reshape(n_tags, n_tags) / 7
+    transitions[0, 2] = -np.inf  # O -> I-PER forbidden
+    return KnowledgeMeta(
+        labels=LABELS,
+        transitions=transitions,
+        start=np.linspace(-1, 1, n_tags),
+        end=np.zeros(n_tags),
+        k=k,
+        cache_key="abc123",
+        digests={"teacher": "t", "prepared": "p", "features": "f"},
+        marginals_dtype=dtype,  # type: ignore[arg-type]
+        emissions_dtype=dtype,  # type: ignore[arg-type]
+        edge_marginals=edges,
+    )
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+class TestRoundTrip:
+    @pytest.mark.parametrize(("dtype", "edges"), [("float32", True), ("float16", False)])
+    def test_knowledge(self, tmp_path: Path, rng: np.random.Generator, dtype: str, edges: bool):
+        arrays, meta = make_knowledge(rng, 40, edges=edges), make_meta(dtype=dtype, edges=edges)
+        path = tmp_path / shard_name(0)
+        record = write_table_atomic(arrays.to_table(meta), path, row_group_rows=16)
+        assert record == ShardRecord(path.name, 40, sha256_file(path), path.stat().st_size)
+        assert pq.ParquetFile(path).metadata.num_row_groups == 3
+        table = read_shard(path, expect_table="knowledge")
+        back = KnowledgeArrays.from_table(table, k=3, n_tags=len(LABELS))
+        for name in ("sent_id", "lengths", "log_z", "topk_tags", "k_valid"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(arrays, name))
+        np.testing.assert_array_equal(back.topk_scores, arrays.topk_scores)  # incl. -inf
+        assert np.isneginf(back.topk_scores).sum() == (3 - arrays.k_valid).sum()
+        assert (back.topk_tags == -1).sum() == ((3 - arrays.k_valid) * arrays.lengths).sum()
+        for name in ("log_marginals", "emissions"):
+            assert getattr(back, name).dtype == np.dtype(dtype)
+            want = getattr(arrays, name).astype(dtype)
+            np.testing.assert_array_equal(getattr(back, name), want)
+        assert back.log_marginals[0, 1] == -np.inf
+        if edges:
+            assert back.edge_marginals is not None and back.edge_marginals.dtype == np.float16
+            np.testing.assert_array_equal(
+                back.edge_marginals, arrays.edge_marginals.astype(np.float16)
+            )
+        else:
+            assert back.edge_marginals is None and "edge_marginals" not in table.column_names
+
+    def test_knowledge_metadata(self, tmp_path: Path, rng: np.random.Generator):
+        meta = make_meta()
+        path = tmp_path / "k.parquet"
+        write_table_atomic(make_knowledge(rng, 5).to_table(meta), path)
+        back = KnowledgeMeta.from_metadata(shard_metadata(path))
+        assert back.labels == LABELS and back.k == 3 and back.cache_key == "abc123"
+        assert back.digests == meta.digests and back.edge_marginals
+        np.testing.assert_array_equal(back.transitions, meta.transitions)  # -inf survives
+        np.testing.assert_array_equal(back.start, meta.start)
+        assert shard_metadata(path)["schema_version"] == "1"
+
+    def test_prepared_and_features(self, tmp_path: Path, rng: np.random.Generator):
+        lengths = np.array([3, 1, 2])
+        prepared = PreparedArrays(
+            sent_id=np.array([0, 1, 2]),
+            lengths=lengths,
+            tokens=np.array(["Die", "Katze", "schläft", ".", "Ja", "!"]),
+            tags=np.array([0, 1, 2, 0, 3, 4]),
+        )
+        meta = PreparedMeta("de", "train", "de/train.conll", "BIO", labels_digest(LABELS))
+        write_table_atomic(prepared.to_table(meta), tmp_path / "p.parquet")
+        table = read_shard(tmp_path / "p.parquet", expect_table="prepared")
+        assert table.schema.remove_metadata() == PREPARED_SCHEMA.remove_metadata()
+        back = PreparedArrays.from_table(table)
+        assert list(back.tokens) == list(prepared.tokens)
+        np.testing.assert_array_equal(back.tags, prepared.tags)
+        assert PreparedMeta.from_metadata(table.schema.metadata) == meta
+
+        feats = rng.standard_normal((6, 4)).astype(np.float32)
+        fmeta = FeaturesMeta(dim=4, encoder_digest="e", layer="4")
+        table = FeaturesArrays(np.array([0, 1, 2]), lengths, feats).to_table(fmeta)
+        assert table.schema.remove_metadata() == FEATURES_SCHEMA.remove_metadata()
+        write_table_atomic(table, tmp_path / "f.parquet")
+        back_f = FeaturesArrays.from_table(read_shard(tmp_path / "f.parquet"), dim=4)
+        np.testing.assert_array_equal(back_f.features, feats.astype(np.float16))
+        assert FeaturesMeta.from_metadata(shard_metadata(tmp_path / "f.parquet")) == fmeta
+
+    def test_knowledge_schema_is_the_contract(self):
+        types = {f.name: str(f.type) for f in KNOWLEDGE_SCHEMA}
+        assert types == {
+            "sent_id": "int64",
+            "length": "int32",
+            "log_z": "double",
+            "topk_tags": "list<item: int16>",
+            "topk_scores": "list<item: float>",
+            "k_valid": "int16",
+            "log_marginals": "list<item: float>",
+            "emissions": "list<item: float>",
+        }
+        assert KNOWLEDGE_SCHEMA.metadata[b"schema_version"] == b"1"
+
+
+class TestListColumns:
+    def test_sliced_and_chunked(self):
+        values = np.arange(10, dtype=np.float32)
+        column = list_array(values, np.array([2, 3, 0, 5]), pa.float32())
+        flat, offsets = list_values(column)
+        assert not flat.flags.owndata  # a view of the Arrow buffer
+        np.testing.assert_array_equal(offsets, [0, 2, 5, 5, 10])
+        flat, offsets = list_values(column.slice(1, 2))
+        np.testing.assert_array_equal(flat, [2, 3, 4])
+        np.testing.assert_array_equal(offsets, [0, 3, 3])
+        chunked = pa.chunked_array([column.slice(0, 2), column.slice(3, 1)])
+        flat, offsets = list_values(chunked)
+        np.testing.assert_array_equal(flat, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+        np.testing.assert_array_equal(offsets, [0, 2, 5, 10])
+        empty, offsets = list_values(pa.chunked_array([], pa.list_(pa.int16())))
+        assert len(empty) == 0 and list(offsets) == [0]
+
+    def test_sizes_must_match_values(self):
+        with pytest.raises(ValueError, match="sum\\(sizes\\)=5"):
+            list_array(np.arange(4), np.array([2, 3]), pa.int64())
+
+
+class TestValidation:
+    def test_nan_emissions_name_the_sentence(self, rng: np.random.Generator):
+        arrays = make_knowledge(rng, 4)
+        arrays.emissions[int(arrays.lengths[0]) + 1, 2] = np.nan
+        with pytest.raises(InputError, match="sent_id 101: emissions contain NaN or inf"):
+            arrays.to_table(make_meta())
+
+    def test_padding_by_repeating_a_path_is_rejected(self, rng: np.random.Generator):
+        arrays = make_knowledge(rng, 30)
+        i = int(np.flatnonzero(arrays.k_valid < 3)[0])
+        arrays.topk_scores[i, 2] = arrays.topk_scores[i, 0]  # a repeated path instead of -inf
+        with pytest.raises(InputError, match=f"sent_id {100 + i}: topk_scores must be finite"):
+            arrays.to_table(make_meta())
+
+    def test_wrong_shape(self, rng: np.random.Generator):
+        arrays = make_knowledge(rng, 4, edges=False)
+        with pytest.raises(ValueError, match="edge_marginals must have shape"):
+            arrays.to_table(make_meta(edges=True))
+
+
+class TestShardFiles:
+    def write(self, tmp_path: Path, rng: np.random.Generator, **meta: str) -> Path:
+        path = tmp_path / shard_name(3)
+        write_table_atomic(make_knowledge(rng, 200).to_table(make_meta()), path, metadata=meta)
+        return path
+
+    def test_failed_write_leaves_no_partial_file(self, tmp_path, rng, monkeypatch):
+        path = self.write(tmp_path, rng)
+        before = path.read_bytes()
+        calls = []
+        original = pq.ParquetWriter.write_table
+
+        def disk_full_on_second_row_group(self, table, *args, **kwargs):
+            calls.append(len(table))
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return original(self, table, *args, **kwargs)
+
+        monkeypatch.setattr(pq.ParquetWriter, "write_table", disk_full_on_second_row_group)
+        table = make_knowledge(rng, 50).to_table(make_meta())
+        with pytest.raises(StructkdError) as err:
+            write_table_atomic(table, path, row_group_rows=20)
+        assert str(err.value) == f"{path}: cannot write shard (No space left on device)"
+        assert calls == [20, 20]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left
+        assert path.read_bytes() == before  # the old complete shard is untouched
+
+    @pytest.mark.parametrize("keep", [0.0, 0.5, 0.97])
+    def test_truncated_file(self, tmp_path, rng, keep):
+        path = self.write(tmp_path, rng)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(StructkdError) as err:
+            read_shard(path)
+        assert str(err.value) == f"{path}: not a valid Parquet file (truncated or corrupt)"
+
+    def test_flipped_bytes_inside_a_page(self, tmp_path, rng):
+        path = self.write(tmp_path, rng)
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+        path.write_bytes(bytes(data))
+        with pytest.raises(StructkdError, match="not a valid Parquet file"):
+            read_shard(path)
+
+    def test_schema_version_mismatch(self, tmp_path, rng):
+        path = self.write(tmp_path, rng, schema_version="2")
+        with pytest.raises(StructkdError) as err:
+            read_shard(path)
+        assert str(err.value).startswith(f"{path}: schema version 2, expected 1")
+        assert read_shard(path, expect_schema_version=None).num_rows == 200
+
+    def test_wrong_table_kind(self, tmp_path, rng):
+        path = self.write(tmp_path, rng)
+        with pytest.raises(StructkdError, match="holds a knowledge table, expected features"):
+            read_shard(path, expect_table="features")
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(StructkdError, match="file not found"):
+            read_shard(tmp_path / "nope.parquet")
+
+
+class TestManifest:
+    def make_dir(self, tmp_path: Path, rng: np.random.Generator) -> Path:
+        records = [
+            write_table_atomic(make_knowledge(rng, 30).to_table(make_meta()), tmp_path / shard_name(i))
+            for i in range(3)
+        ]
+        write_manifest(tmp_path, Manifest("key", {"teacher": "t"}, records, complete=True))
+        return tmp_path
+
+    def test_round_trip_and_verify_clean(self, tmp_path, rng):
+        directory = self.make_dir(tmp_path, rng)
+        manifest = read_manifest(directory)
+        assert manifest is not None and manifest.complete and len(manifest.shards) == 3
+        assert json.loads((directory / MANIFEST_NAME).read_text())["shards"][0]["rows"] == 30
+        assert verify(directory) == []
+        assert not list(directory.glob(".*tmp"))
+
+    def test_same_size_corruption_is_a_checksum_mismatch(self, tmp_path, rng):
+        directory = self.make_dir(tmp_path, rng)
+        path = directory / shard_name(1)
+        data = bytearray(path.read_bytes())
+        data[100] ^= 0x01
+        path.write_bytes(bytes(data))
+        assert verify(directory) == [f"{path}: sha256 differs from the manifest (corrupt or changed)"]
+        assert verify(directory, deep=False) == []  # size-only check cannot see it
+
+    def test_missing_truncated_and_row_count(self, tmp_path, rng):
+        directory = self.make_dir(tmp_path, rng)
+        (directory / shard_name(0)).unlink()
+        (directory / shard_name(2)).write_bytes(b"PAR1")
+        manifest = read_manifest(directory)
+        assert manifest is not None
+        manifest.shards[1] = ShardRecord(
+            shard_name(1), 31, manifest.shards[1].sha256, manifest.shards[1].bytes
+        )
+        manifest.complete = False
+        write_manifest(directory, manifest)
+        problems = verify(directory)
+        assert problems[0] == f"{directory / shard_name(0)}: missing"
+        assert problems[1] == f"{directory / shard_name(1)}: 30 rows, manifest says 31"
+        assert problems[2].startswith(f"{directory / shard_name(2)}: 4 bytes, manifest says")
+        assert problems[3] == f"{directory / MANIFEST_NAME}: incomplete (3 shards written so far)"
+
+    def test_malformed_and_absent_manifest(self, tmp_path):
+        assert verify(tmp_path) == [f"{tmp_path / MANIFEST_NAME}: missing"]
+        (tmp_path / MANIFEST_NAME).write_text('{"key": "k"')
+        with pytest.raises(StructkdError, match="not a valid manifest"):
+            read_manifest(tmp_path)
+        assert "not a valid manifest" in verify(tmp_path)[0]

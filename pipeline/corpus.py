@@ -179,10 +179,7 @@ def read_conll(
             continue
         if tab_separated is None:
             tab_separated = "\t" in line
-        if tab_separated:
-            fields = line.split("\t")
-        else:
-            fields = _SPACES.split(line.strip(" \t"))
+        fields = line.split("\t") if tab_separated else _SPACES.split(line.strip(" \t"))
         where = f"{path}:{number}"
         if width is None:
             width = len(fields)

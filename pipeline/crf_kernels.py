@@ -148,9 +148,13 @@ def _prepare(
     st = _float_array("start", start, (n_tags,), "(n_tags,)")
     en = _float_array("end", end, (n_tags,), "(n_tags,)")
     if allowed is not None:
-        trans = np.where(_bool_array("allowed", allowed, (n_tags, n_tags), "(n_tags, n_tags)"), trans, -np.inf)
+        trans = np.where(
+            _bool_array("allowed", allowed, (n_tags, n_tags), "(n_tags, n_tags)"), trans, -np.inf
+        )
     if start_allowed is not None:
-        st = np.where(_bool_array("start_allowed", start_allowed, (n_tags,), "(n_tags,)"), st, -np.inf)
+        st = np.where(
+            _bool_array("start_allowed", start_allowed, (n_tags,), "(n_tags,)"), st, -np.inf
+        )
     if end_allowed is not None:
         en = np.where(_bool_array("end_allowed", end_allowed, (n_tags,), "(n_tags,)"), en, -np.inf)
     return _Prepared(em, off, _chunks(off), trans, st, en)
@@ -186,7 +190,9 @@ def log_partition(
         ValueError: an argument has the wrong shape or dtype, NaN/+inf, or bad offsets.
     """
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
-    return log_partition_kernel(p.emissions, p.offsets, p.chunks, p.transitions, p.start, p.end, False)
+    return log_partition_kernel(
+        p.emissions, p.offsets, p.chunks, p.transitions, p.start, p.end, False
+    )
 
 
 def forward_backward(
@@ -316,7 +322,9 @@ def kbest(
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
     if p.emissions.shape[1] > np.iinfo(np.int16).max:
-        raise ValueError(f"n_tags must be <= 32767 for int16 kbest_tags, got {p.emissions.shape[1]}")
+        raise ValueError(
+            f"n_tags must be <= 32767 for int16 kbest_tags, got {p.emissions.shape[1]}"
+        )
     tags, scores, k_valid = kbest_kernel(
         p.emissions, p.offsets, p.chunks, p.transitions, p.start, p.end, int(k)
     )

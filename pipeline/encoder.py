@@ -240,7 +240,7 @@ class WordEncoder:
         other local directories, and ``name@commit`` for hub models.
         """
         if self._digest is None:
-            src = Path(self.source) if not isinstance(self.source, Path) else self.source
+            src = Path(self.source)
             if (src / MARKER).is_file():
                 marker = json.loads((src / MARKER).read_text())
                 marker.pop("n_layers", None)  # features of kept layers do not depend on it
@@ -353,6 +353,8 @@ class WordEncoder:
             characters) is encoded as the unknown token, in context; if the tokenizer has no
             unknown token its feature is a zero vector.
         """
+        if any(isinstance(s, str) for s in sentences):
+            raise TypeError("encode() takes tokenised sentences (sequences of words), not strings")
         feats = [np.zeros((len(s), self.dim), dtype=np.float32) for s in sentences]
         windows = [
             w for i, p in enumerate(self.word_pieces(sentences)) if p for w in self._windows(i, p)

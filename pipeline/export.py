@@ -19,6 +19,7 @@ from structkd.pipeline import crf_kernels
 from structkd.pipeline.errors import InputError
 from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.params import ExportParams
+from structkd.storage.manifest import ShardRecord
 from structkd.storage.schemas import (
     FeaturesArrays,
     FeaturesMeta,
@@ -46,8 +47,9 @@ class ShardJob:
 
 @dataclass(frozen=True)
 class ShardTiming:
-    """Seconds spent in each part of a shard's export, and its size."""
+    """Seconds spent in each part of a shard's export, its size, and the written shard's record."""
 
+    record: ShardRecord
     sentences: int
     network: float
     kernels: float
@@ -156,9 +158,10 @@ def export_shard(job: ShardJob) -> ShardTiming:
         edge_marginals=edges,
     )
     arrays.validate(meta)
-    write_table_atomic(arrays.to_table(meta), Path(job.output))
+    record = write_table_atomic(arrays.to_table(meta), Path(job.output))
     done = time.perf_counter()
     return ShardTiming(
+        record=record,
         sentences=len(lengths),
         network=network_done - began,
         kernels=kernels_done - network_done,

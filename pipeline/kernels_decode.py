@@ -79,7 +79,9 @@ def viterbi_kernel(em, offsets, chunks, trans, start, end):
         nv = np.empty(n_tags)
         bp = np.empty((max_len, n_tags), dtype=np.int32)
         for b in range(b0, b1):
-            best[b] = _viterbi_sentence(em, offsets[b], offsets[b + 1], trans, start, end, v, nv, bp, tags)
+            best[b] = _viterbi_sentence(
+                em, offsets[b], offsets[b + 1], trans, start, end, v, nv, bp, tags
+            )
     return tags, best
 
 
@@ -103,7 +105,9 @@ def _insert(scores, src_tag, src_rank, count, k, s, tag, rank) -> int:
 
 
 @njit(cache=True)
-def _kbest_sentence(em, lo, hi, trans, start, end, k, delta, cnt, bp_tag, bp_rank, fin, out_tags, out_scores) -> int:
+def _kbest_sentence(
+    em, lo, hi, trans, start, end, k, delta, cnt, bp_tag, bp_rank, fin, out_tags, out_scores
+) -> int:
     """k best paths of rows lo:hi; returns k_valid.
 
     Scratch: ``delta`` (2, L, k) rolling partial scores, ``cnt`` (2, L) their counts,
@@ -208,7 +212,19 @@ def kbest_kernel(em, offsets, chunks, trans, start, end, k):
             lo = offsets[b]
             hi = offsets[b + 1]
             k_valid[b] = _kbest_sentence(
-                em, lo, hi, trans, start, end, k, delta, cnt, bp_tag, bp_rank, fin,
-                tags[k * lo : k * hi], scores[b],
+                em,
+                lo,
+                hi,
+                trans,
+                start,
+                end,
+                k,
+                delta,
+                cnt,
+                bp_tag,
+                bp_rank,
+                fin,
+                tags[k * lo : k * hi],
+                scores[b],
             )
     return tags, scores, k_valid

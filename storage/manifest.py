@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,9 +105,15 @@ def parquet_rows(path: Path) -> int:
         raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
 
 
+def temp_path(path: Path) -> Path:
+    """Hidden temporary name next to ``path`` (same filesystem, so the final rename is atomic),
+    unique per process and thread so concurrent writers never share one."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to a hidden temporary file, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)

@@ -347,11 +347,19 @@ class FeaturesArrays:
         n = len(self.sent_id)
         _check_rows("lengths", self.lengths, n)
         lengths = np.asarray(self.lengths, np.int64)
-        if self.features.ndim != 2 or self.features.shape[1] != meta.dim:
+        if self.features.shape != (int(lengths.sum()), meta.dim):
             raise ValueError(
-                f"features must be (n_tokens, dim)=(…, {meta.dim}), got {self.features.shape}"
+                f"features must be (n_tokens, dim)=({int(lengths.sum())}, {meta.dim}), "
+                f"got {self.features.shape}"
             )
-        flat = np.ascontiguousarray(self.features, np.float16).reshape(-1)
+        half = np.ascontiguousarray(self.features, np.float16)
+        bad = _rows_any(~np.isfinite(half), np.repeat(np.arange(n), lengths), n)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"sent_id {int(self.sent_id[first])}", "features NaN or beyond float16"
+            )
+        flat = half.reshape(-1)
         arrays = [
             pa.array(np.asarray(self.sent_id, np.int64)),
             pa.array(lengths.astype(np.int32)),

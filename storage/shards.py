@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from structkd.pipeline.errors import StructkdError
-from structkd.storage.manifest import INVALID_PARQUET, ShardRecord, sha256_file
+from structkd.storage.manifest import INVALID_PARQUET, ShardRecord, sha256_file, temp_path
 from structkd.storage.schemas import SCHEMA_VERSION, TableKind, decode_metadata
 
 DEFAULT_ROW_GROUP_ROWS = 1024
@@ -27,11 +27,6 @@ DEFAULT_ROW_GROUP_ROWS = 1024
 def shard_name(index: int) -> str:
     """File name of shard ``index``: ``part-00007.parquet``."""
     return f"part-{index:05d}.parquet"
-
-
-def temp_path(path: Path) -> Path:
-    """Hidden per-process temporary name next to ``path`` (same filesystem, so rename is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_table_atomic(

@@ -49,6 +49,7 @@ KnowledgeColumn = Literal[
 ]
 _KINDS: tuple[TableKind, ...] = ("prepared", "features", "knowledge")
 _BASE_COLUMNS = ["sent_id", "length"]
+_SAME_ORDER = "(shards must hold the same sentences in the same order)"
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,8 @@ class DistillationStream(IterableDataset[Batch]):
 
     def iter_consumer(self, worker_id: int, num_workers: int) -> Iterator[Batch]:
         """Batches of dataloader worker ``worker_id`` of ``num_workers`` on this rank."""
+        if not 0 <= worker_id < num_workers:
+            raise ValueError(f"worker_id must be in [0, {num_workers}), got {worker_id}")
         n_consumers = self.world_size * num_workers
         consumer = self.rank * num_workers + worker_id
         units, stride = self._plan(n_consumers, consumer)
@@ -243,8 +246,7 @@ class DistillationStream(IterableDataset[Batch]):
             for path, n in zip(paths[1:], rows[1:], strict=False):
                 if n != rows[0]:
                     raise StructkdError(
-                        f"{paths[0]} has {rows[0]} rows but {path} has {n} (shards must hold "
-                        "the same sentences in the same order)"
+                        f"{paths[0]} has {rows[0]} rows but {path} has {n} {_SAME_ORDER}"
                     )
             sizes = [footers[1].row_group(i).num_rows for i in range(footers[1].num_row_groups)]
             bounds = tuple(int(b) for b in np.cumsum([0, *sizes]))
@@ -259,6 +261,15 @@ class DistillationStream(IterableDataset[Batch]):
         except (pa.ArrowInvalid, OSError) as e:
             raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
         raw = check_metadata(path, footer.metadata, expect_table=kind)
+        try:
+            self._check_meta(path, kind, lang, raw, footer)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StructkdError(f"{path}: malformed {kind} metadata ({e})") from e
+        return footer
+
+    def _check_meta(
+        self, path: Path, kind: TableKind, lang: str, raw: dict[str, str], footer: pq.FileMetaData
+    ) -> None:
         if kind == "prepared":
             meta = PreparedMeta.from_metadata(raw)
             if meta.lang != lang:
@@ -271,7 +282,6 @@ class DistillationStream(IterableDataset[Batch]):
             self.dim = dim
         else:
             self._check_knowledge(path, KnowledgeMeta.from_metadata(raw), footer)
-        return footer
 
     def _same_labels(self, digest: str, path: Path) -> None:
         if self._labels_digest is None:
@@ -377,7 +387,7 @@ class DistillationStream(IterableDataset[Batch]):
                     j = int(np.flatnonzero(other != ref)[0])
                     raise StructkdError(
                         f"{shard.paths[0]}: row {row + rows[j]} has {name} {ref[j]} but {path} "
-                        f"has {name} {other[j]} (shards must hold the same sentences in the same order)"
+                        f"has {name} {other[j]} {_SAME_ORDER}"
                     )
         if len(lengths) and lengths.min() < 1:
             j = int(np.argmin(lengths))
@@ -556,8 +566,7 @@ def _zip_aligned(
             return
         if any(ended):
             raise StructkdError(
-                f"{paths[ended.index(True)]} ended before {paths[ended.index(False)]} "
-                "(shards must hold the same sentences in the same order)"
+                f"{paths[ended.index(True)]} ended before {paths[ended.index(False)]} {_SAME_ORDER}"
             )
         n = min(f.num_rows for f in fronts if f is not None)
         yield [f.slice(0, n) for f in fronts if f is not None]

@@ -53,7 +53,9 @@ def brute_force(
 ) -> Brute:
     """Enumerate all paths of one sentence (``emissions (n, n_tags)``, float64)."""
     n, n_tags = emissions.shape
-    scored = [(path_score(emissions, p, transitions, start, end), p) for p in enumerate_paths(n, n_tags)]
+    scored = [
+        (path_score(emissions, p, transitions, start, end), p) for p in enumerate_paths(n, n_tags)
+    ]
     finite = [(s, p) for s, p in scored if s > -np.inf]
     finite.sort(key=lambda sp: (-sp[0], sp[1][::-1]))
     marginals = np.zeros((n, n_tags))

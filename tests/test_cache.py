@@ -66,7 +66,9 @@ class TestKey:
             for name in DIGESTS
         ]
         changed.append(cache_key(**DIGESTS, settings={"k": 5, "dtype": "float16"}))
-        changed.append(cache_key(**DIGESTS, settings={"k": 10, "dtype": "float16"}, schema_version=2))
+        changed.append(
+            cache_key(**DIGESTS, settings={"k": 10, "dtype": "float16"}, schema_version=2)
+        )
         assert len({key, *changed}) == len(changed) + 1
 
     def test_settings_must_be_json(self):

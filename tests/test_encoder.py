@@ -219,3 +219,8 @@ def test_plan_windows_properties(args: tuple[int, int, list[int]]) -> None:
         assert a <= i < b
         cent = [min(offs[i] - offs[x], offs[y] - offs[i + 1]) for x, y in windows if x <= i < y]
         assert min(offs[i] - offs[a], offs[b] - offs[i + 1]) == max(cent)
+
+
+def test_strings_are_rejected(enc: WordEncoder) -> None:
+    with pytest.raises(TypeError, match="tokenised"):
+        enc.encode(["The quick fox"])

@@ -15,6 +15,9 @@ from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.schemes import validate
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+# The 17 Universal POS tags (https://universaldependencies.org/u/pos/), sorted.
+UPOS_NAMES = "ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X"
+UPOS = tuple(UPOS_NAMES.split())
 NER = LabelSet.from_tags(["I-PER", "O", "B-MISC", "B-LOC"], "iob2")
 
 
@@ -44,27 +47,7 @@ def test_sample_label_set_is_the_17_upos_tags() -> None:
         s for lang in ("en", "de", "es", "nl") for s in read_conllu(SAMPLE / lang / "train.conllu")
     ]
     labels = LabelSet.from_sentences(sentences, "none")
-    assert labels.labels == tuple(
-        [
-            "ADJ",
-            "ADP",
-            "ADV",
-            "AUX",
-            "CCONJ",
-            "DET",
-            "INTJ",
-            "NOUN",
-            "NUM",
-            "PART",
-            "PRON",
-            "PROPN",
-            "PUNCT",
-            "SCONJ",
-            "SYM",
-            "VERB",
-            "X",
-        ]
-    )
+    assert labels.labels == UPOS
 
 
 def test_encode_decode_and_unknown_label() -> None:

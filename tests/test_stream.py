@@ -22,7 +22,7 @@ from structkd.storage.schemas import (
     PreparedMeta,
     labels_digest,
 )
-from structkd.storage.shards import shard_name, write_table_atomic
+from structkd.storage.shards import read_shard, shard_name, write_table_atomic
 from structkd.storage.stream import Batch, DistillationStream, LanguageShards
 
 LABELS = ("O", "B-X", "I-X", "B-Y", "I-Y")
@@ -52,7 +52,7 @@ def write_language(
     sizes: Sequence[int],
     rng: np.random.Generator,
     *,
-    row_group_rows: int = 8,
+    row_group_rows: int | dict[str, int] = 8,
     max_len: int = 12,
     first_id: int = 0,
     first_length: int | None = None,
@@ -108,7 +108,8 @@ def write_language(
         }
         for kind, table in tables.items():
             paths[kind].append(root / kind / lang / name)
-            write_table_atomic(table, paths[kind][-1], row_group_rows=row_group_rows)
+            rows = row_group_rows if isinstance(row_group_rows, int) else row_group_rows[kind]
+            write_table_atomic(table, paths[kind][-1], row_group_rows=rows)
         tok = np.concatenate([[0], np.cumsum(lengths)])
         edge = tok - np.arange(n + 1)
         for i, sid in enumerate(ids):
@@ -164,11 +165,17 @@ def test_batches_hold_the_right_sentences(two_langs: list[Written]):
     got = []
     for batch in DataLoader(stream, batch_size=None):
         size, longest = batch.mask.shape
-        assert batch.features.shape == (size, longest, DIM) and batch.features.dtype == torch.float32
+        assert (
+            batch.features.shape == (size, longest, DIM) and batch.features.dtype == torch.float32
+        )
         assert batch.topk_tags.shape == (size, K, longest) and batch.topk_tags.dtype == torch.long
         assert batch.edge_marginals.shape == (size, longest - 1, len(LABELS), len(LABELS))
         for b in range(size):
-            lang, sid, n = stream.langs[int(batch.lang[b])], int(batch.sent_id[b]), int(batch.lengths[b])
+            lang, sid, n = (
+                stream.langs[int(batch.lang[b])],
+                int(batch.sent_id[b]),
+                int(batch.lengths[b]),
+            )
             ref = refs[lang][sid]
             got.append((lang, sid))
             assert batch.mask[b].tolist() == [True] * n + [False] * (longest - n)
@@ -191,12 +198,15 @@ def test_batches_hold_the_right_sentences(two_langs: list[Written]):
     [
         ("one shard set per consumer", [[20, 20, 13, 20], [17, 20, 20, 9]], 8),
         ("row groups when shards < consumers", [[30], [27]], 8),
+        (
+            "row groups that differ between the three files",
+            [[30], [27]],
+            {"prepared": 5, "features": 8, "knowledge": 3},
+        ),
         ("every n-th sentence when row groups < consumers", [[10]], 16),
     ],
 )
-def test_every_sentence_once_across_ranks_and_workers(
-    tmp_path, rng, layout, sizes, row_group_rows
-):
+def test_every_sentence_once_across_ranks_and_workers(tmp_path, rng, layout, sizes, row_group_rows):
     written = [
         write_language(tmp_path, lang, s, rng, row_group_rows=row_group_rows, first_id=1000 * i)
         for i, (lang, s) in enumerate(zip(["de", "es"], sizes, strict=False))
@@ -206,7 +216,12 @@ def test_every_sentence_once_across_ranks_and_workers(
         parts = []
         for rank in range(2):
             stream = DistillationStream(
-                sources, max_tokens=50, buffer_size=16, rank=rank, world_size=2
+                sources,
+                max_tokens=50,
+                buffer_size=16,
+                rank=rank,
+                world_size=2,
+                knowledge_columns=["topk_tags", "edge_marginals"],
             )
             stream.set_epoch(epoch)
             for worker in range(2):
@@ -328,3 +343,14 @@ def test_bad_requests(tmp_path, rng, two_langs):
         DistillationStream([de], max_tokens=0)
     with pytest.raises(ConfigError, match="distinct languages"):
         DistillationStream([de, de])
+
+
+def test_malformed_metadata_names_the_file(tmp_path, rng, two_langs):
+    de = two_langs[0].shards
+    table = read_shard(de.features[0]).replace_schema_metadata(
+        {"schema_version": "1", "table": "features"}
+    )
+    broken = tmp_path / "broken.parquet"
+    write_table_atomic(table, broken)
+    with pytest.raises(StructkdError, match=f"{broken}: malformed features metadata"):
+        DistillationStream([LanguageShards("de", de.prepared[:1], [broken])])

@@ -1,0 +1,73 @@
+"""Stage ``prepare``: read every configured corpus into Parquet shards plus the task's labels.json.
+
+Writes ``data/prepared/<lang>/<split>/part-NNNNN.parquet`` (tokens, BIOES label ids for span
+tasks) and ``data/prepared/labels.json``. Any bad line stops the stage with ``file:line: problem``
+before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from structkd.pipeline.layout import ParamsPath, open_project
+
+
+def main(params_path: ParamsPath = Path("params.yaml")) -> None:
+    """Read, validate and shard the corpora of params.yaml ``data``."""
+    import shutil
+
+    import numpy as np
+
+    from structkd.pipeline.corpus import read_corpus
+    from structkd.pipeline.labels import LabelSet
+    from structkd.pipeline.schemes import to_bioes, validate_sentences
+    from structkd.storage.schemas import PreparedArrays, PreparedMeta
+    from structkd.storage.shards import shard_name, write_table_atomic
+
+    params, layout = open_project(params_path)
+    data = params.data
+    span = data.span_task
+    corpora = {}
+    for lang, spec in data.all_languages().items():
+        for split, relative in spec.splits().items():
+            path = layout.source(relative)
+            sentences = read_corpus(
+                path, format=spec.format, token_column=spec.token_column, tag_column=spec.tag_column
+            )
+            validate_sentences(sentences, spec.scheme, path)
+            if span:
+                tags = [to_bioes(s.tags, spec.scheme, where=f"{path}:{s.line}") for s in sentences]
+            else:
+                tags = [list(s.tags) for s in sentences]
+            corpora[lang, split] = (path, spec.scheme, sentences, tags)
+
+    first_scheme = next(iter(data.languages.values())).scheme
+    if data.labels:
+        labels = LabelSet.from_tags(data.labels, first_scheme, where=f"{params_path}: data.labels")
+    else:
+        train_tags = [t for lang in data.languages for t in corpora[lang, "train"][3]]
+        labels = LabelSet.from_sentences(train_tags, "bioes" if span else "none")
+
+    for (lang, split), (path, scheme, sentences, tags) in corpora.items():
+        ids = [labels.encode(t, where=f"{path}:{s.line}") for s, t in zip(sentences, tags, strict=True)]
+        meta = PreparedMeta(lang, split, str(path), scheme, labels.digest())
+        final = layout.prepared(lang, split)
+        tmp = final.with_name(f".{split}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        size = params.prepare.shard_size
+        for shard, lo in enumerate(range(0, len(sentences), size)):
+            chunk = range(lo, min(lo + size, len(sentences)))
+            arrays = PreparedArrays(
+                sent_id=np.arange(chunk.start, chunk.stop, dtype=np.int64),
+                lengths=np.array([len(sentences[i]) for i in chunk], np.int64),
+                tokens=np.array([w for i in chunk for w in sentences[i].tokens], dtype=object),
+                tags=np.concatenate([ids[i] for i in chunk]).astype(np.int16),
+            )
+            write_table_atomic(arrays.to_table(meta), tmp / shard_name(shard))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        typer.echo(f"prepared {lang}/{split}: {len(sentences)} sentences from {path}")
+    labels.save(layout.labels)
+    typer.echo(f"labels ({labels.n_tags}): {' '.join(labels.labels)}")

@@ -1,0 +1,151 @@
+"""Stage ``train-student METHOD``: one multilingual BiLSTM-CRF from gold labels + teacher knowledge.
+
+Streams ``data/features/<lang>/train`` zipped with ``data/prepared/<lang>/train`` and the verified
+``knowledge/<lang>`` shards of every teacher language (only the columns METHOD needs), and trains
+with ``λ·L_KD + (1−λ)·L_gold``, λ falling by ``anneal_rate`` percent per epoch (paper §4.1).
+Model selection on the concatenated dev sets of all languages (micro score, as the paper).
+Writes ``models/students/<method>/`` (model, checkpoint.pt, history.csv, metrics.json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from structkd.pipeline.layout import ParamsPath, open_project
+from structkd.pipeline.params import Method
+
+
+def main(
+    method: Annotated[Method, typer.Argument(help="Distillation method.")],
+    params_path: ParamsPath = Path("params.yaml"),
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+) -> None:
+    """Train the multilingual student with METHOD on all teacher languages at once."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    import numpy as np
+    import torch
+
+    from structkd.pipeline.data import load_split, shard_paths
+    from structkd.pipeline.errors import StructkdError
+    from structkd.pipeline.evaluation import evaluate_split, predict_split
+    from structkd.pipeline.labels import LabelSet
+    from structkd.pipeline.losses import REQUIRED_COLUMNS, lambda_at, student_loss
+    from structkd.pipeline.metrics import headline, score
+    from structkd.pipeline.models import Tagger, TaggerConfig, load_tagger, save_tagger
+    from structkd.pipeline.predictor import encoder_settings
+    from structkd.pipeline.training import fit, write_json
+    from structkd.storage.cache import KnowledgeCache
+    from structkd.storage.schemas import KnowledgeMeta
+    from structkd.storage.shards import shard_metadata
+    from structkd.storage.stream import DistillationStream, LanguageShards
+
+    params, layout = open_project(params_path)
+    cfg = params.student
+    labels = LabelSet.load(layout.labels)
+    langs = list(params.data.languages)
+    columns = REQUIRED_COLUMNS[method]
+    cache = KnowledgeCache(layout.root / "knowledge")
+    sources, knowledge_keys = [], {}
+    for lang in langs:
+        knowledge = None
+        if columns:
+            knowledge = cache.entry(lang).shards()
+            meta = KnowledgeMeta.from_metadata(shard_metadata(knowledge[0]))
+            if tuple(meta.labels) != labels.labels:
+                raise StructkdError(
+                    f"{knowledge[0]}: teacher '{lang}' labels {list(meta.labels)} differ from the "
+                    f"task's {list(labels.labels)} ({layout.labels}); re-run the pipeline"
+                )
+            if "topk_tags" in columns and cfg.k > meta.k:
+                raise StructkdError(
+                    f"student.k = {cfg.k} but the knowledge of '{lang}' holds only "
+                    f"k = {meta.k} paths; raise export.k or lower student.k"
+                )
+            knowledge_keys[lang] = meta.cache_key
+        sources.append(
+            LanguageShards(
+                lang,
+                prepared=shard_paths(layout.prepared(lang, "train")),
+                features=shard_paths(layout.features(lang, "train")),
+                knowledge=knowledge,
+            )
+        )
+    stream = DistillationStream(
+        sources,
+        max_tokens=cfg.max_tokens,
+        knowledge_columns=columns,
+        seed=cfg.seed,
+        buffer_size=cfg.shuffle_buffer,
+    )
+    dev = {lang: load_split(layout.prepared(lang, "dev"), layout.features(lang, "dev"), lang, "dev")
+           for lang in langs}
+
+    config = TaggerConfig(
+        feature_dim=stream.dim,
+        n_tags=labels.n_tags,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        extra={**encoder_settings(params.embed, layout.encoders), "method": method},
+    )
+    torch.manual_seed(cfg.seed)
+    model = Tagger(config, labels)
+    out = layout.student(method)
+    fingerprint = hashlib.sha256(
+        json.dumps([method, asdict(cfg), labels.digest(), knowledge_keys], default=str).encode()
+    ).hexdigest()
+
+    def batches(epoch: int):  # noqa: ANN202 - an iterator of stream batches
+        stream.set_epoch(epoch)
+        return iter(stream)
+
+    def loss(batch, epoch: int) -> torch.Tensor:  # noqa: ANN001 - a storage.stream.Batch
+        if batch.topk_tags is not None and batch.topk_tags.shape[1] > cfg.k:
+            batch.topk_tags = batch.topk_tags[:, : cfg.k]
+            batch.topk_scores = batch.topk_scores[:, : cfg.k]
+            batch.k_valid = batch.k_valid.clamp(max=cfg.k)
+        emissions = model.emissions(batch.features, batch.mask)
+        return student_loss(
+            method,
+            model.crf,
+            emissions,
+            batch,
+            lam=lambda_at(epoch, cfg.anneal_rate),
+            temperature=cfg.temperature,
+            mixture=cfg.mixture,
+        )
+
+    def dev_score() -> float:
+        gold = [t for split in dev.values() for t in split.tags]
+        predicted = [p for split in dev.values() for p in predict_split(model, split)]
+        return headline(score(gold, predicted, labels, next(iter(dev.values())).scheme))
+
+    fit(
+        model,
+        params=cfg,
+        batches=batches,
+        loss_fn=loss,
+        dev_score=dev_score,
+        save_best=lambda: save_tagger(model, out),
+        out_dir=out,
+        resume=resume,
+        fingerprint=fingerprint,
+        kd_weight=lambda epoch: 0.0 if method == "baseline" else lambda_at(epoch, cfg.anneal_rate),
+        desc=f"student {method}",
+    )
+    best = load_tagger(out)
+    metrics = {"method": method, "dev": {}, "test": {}}
+    for lang in langs:
+        test = load_split(layout.prepared(lang, "test"), layout.features(lang, "test"), lang, "test")
+        metrics["dev"][lang] = headline(evaluate_split(best, dev[lang]))
+        metrics["test"][lang] = headline(evaluate_split(best, test))
+    metrics["test"]["avg"] = float(np.mean([metrics["test"][lang] for lang in langs]))
+    write_json(metrics, out / "metrics.json")
+    typer.echo(
+        f"student {method}: test " + " ".join(f"{k} {v:.2f}" for k, v in metrics["test"].items())
+    )

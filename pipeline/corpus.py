@@ -224,6 +224,7 @@ def read_conllu(
     if column is not None and column not in _CONLLU_TAG_COLUMNS:
         raise ConfigError(f"{path}: CoNLL-U tag column must be upos or xpos, got {column!r}")
     tag_at = None if column is None else _CONLLU_TAG_COLUMNS[column]
+    tag_name = "" if column is None else column.upper()
     builder = _SentenceBuilder()
     for number, line in enumerate(read_lines(path), 1):
         if _is_blank(line):
@@ -254,7 +255,7 @@ def read_conllu(
             if not tag.strip(" "):
                 raise InputError(where, "empty tag")
             if tag == "_":
-                raise InputError(where, f"no {column.upper()} tag ('_')")  # type: ignore[union-attr]
+                raise InputError(where, f"no {tag_name} tag ('_')")
         builder.add(token, tag, number)
     return builder.finish(path)
 

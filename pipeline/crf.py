@@ -70,7 +70,7 @@ class CRF(nn.Module):
         return f"n_tags={self.n_tags}, constrained={not bool(self.allowed.all())}"
 
     def effective_params(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(transitions, start, end)`` with forbidden entries set to ``NEG``, cast to ``dtype``."""
+        """``(transitions, start, end)``, forbidden entries set to ``NEG``, cast to ``dtype``."""
         dtype = dtype or self.transitions.dtype
         return (
             self.transitions.to(dtype).masked_fill(~self.allowed, NEG),
@@ -212,7 +212,8 @@ class CRF(nn.Module):
         want = (batch, seq_len - 1, n_tags, n_tags)
         if tuple(pairwise.shape) != want:
             raise ValueError(
-                f"pairwise must have shape (batch, seq_len-1, n_tags, n_tags)={want}, got {tuple(pairwise.shape)}"
+                f"pairwise must have shape (batch, seq_len-1, n_tags, n_tags)={want}, "
+                f"got {tuple(pairwise.shape)}"
             )
         trans = self.transitions.to(dtype).masked_fill(~self.allowed, 0.0)
         start = self.start.to(dtype).masked_fill(~self.start_allowed, 0.0)

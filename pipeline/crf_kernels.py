@@ -63,8 +63,9 @@ class KBest(NamedTuple):
 
     ``kbest_tags (k * n_tokens,) int16``: sentence b's block is rows ``k*offsets[b] :
     k*offsets[b+1]``, path-major, i.e. ``.reshape(k, n_b)`` gives its paths rank by rank; ranks
-    >= ``k_valid[b]`` are all -1. ``kbest_scores (n_sents, k) float64``: non-increasing, ``-inf``
-    for missing ranks. ``k_valid (n_sents,) int64``: number of real (distinct) paths, min(k, #paths).
+    >= ``k_valid[b]`` are all -1. ``kbest_scores (n_sents, k) float64``: non-increasing,
+    ``-inf`` for missing ranks. ``k_valid (n_sents,) int64``: number of real (distinct) paths,
+    min(k, number of allowed paths).
     """
 
     kbest_tags: np.ndarray

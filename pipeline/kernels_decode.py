@@ -188,7 +188,7 @@ def _insert_final(fin, count, k, s, tag, rank) -> int:
 
 @njit(cache=True, parallel=True)
 def kbest_kernel(em, offsets, chunks, trans, start, end, k):
-    """Returns ``(kbest_tags (k * n_tokens,) int16, kbest_scores (n_sents, k), k_valid (n_sents,))``.
+    """Returns ``(kbest_tags (k*n_tokens,) int16, kbest_scores (n_sents, k), k_valid (n_sents,))``.
 
     Sentence b's paths are rows ``k * offsets[b] : k * offsets[b + 1]``, path-major (k, n_b).
     """

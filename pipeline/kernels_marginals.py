@@ -100,8 +100,9 @@ def _forward_prob(em, lo, hi, et, es, ee, shifts, alpha, eps, store, a, p) -> fl
                     p[j] += v * et[i, j]
         s = 0.0
         for j in range(n_tags):
-            e = np.exp(em[t, j] - m)
-            bad |= (e > 0.0) & (e < TINY)
+            d = em[t, j] - m
+            bad |= (d < LOG_TINY) & (d > -np.inf)  # exp(d) would be < TINY or underflow
+            e = np.exp(d)
             if store:
                 eps[t, j] = e
             x = p[j] * e

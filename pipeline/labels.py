@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from structkd.pipeline.corpus import Sentence
 from structkd.pipeline.errors import InputError
 from structkd.pipeline.schemes import OUTSIDE, canonical, split_tag, types_of
 
@@ -110,7 +111,13 @@ class LabelSet:
         return cls.from_types(types_of(tags, scheme, where=where))
 
     @classmethod
-    def from_sentences(cls, sentences: Iterable, scheme: str, *, where: str = "labels") -> LabelSet:
+    def from_sentences(
+        cls,
+        sentences: Iterable[Sentence] | Iterable[Sequence[str]],
+        scheme: str,
+        *,
+        where: str = "labels",
+    ) -> LabelSet:
         """The label set of every tag in ``sentences`` (objects with ``.tags``, or tag lists)."""
         tags: set[str] = set()
         for sentence in sentences:

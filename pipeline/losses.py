@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from structkd.pipeline.crf import CRF
 from structkd.pipeline.errors import ConfigError
 from structkd.pipeline.params import METHODS, Method
 
@@ -41,25 +42,20 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 
 assert set(REQUIRED_COLUMNS) == set(METHODS)
 
-
-class StudentCRF(Protocol):
-    """What the losses need from :class:`structkd.pipeline.crf.CRF` (all batched over B)."""
-
-    def log_partition(self, emissions: Tensor, mask: Tensor) -> Tensor: ...
-
-    def score(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor: ...
-
-    def log_marginals(self, emissions: Tensor, mask: Tensor) -> Tensor: ...
-
-    def expected_score(
-        self, emissions: Tensor, unary: Tensor, pairwise: Tensor, mask: Tensor
-    ) -> Tensor: ...
+SHARES_LOG_Z: frozenset[str] = frozenset({"topk", "topwk", "pos+topwk", "structural"})
+"""Methods whose KD term needs the student's log Z, which :func:`student_loss` shares with the
+gold NLL (posterior KD gets it inside forward-backward, which does not expose it)."""
 
 
-def _tokens(x: Tensor, mask: Tensor, fill: float = 0.0) -> Tensor:
-    """``x: (B, N, ...)`` with every padded token replaced by ``fill``."""
+def _tokens(x: Tensor, mask: Tensor) -> Tensor:
+    """``x: (B, N, ...)`` with every padded token (``mask: (B, N)`` False) replaced by 0."""
     keep = mask.reshape(mask.shape + (1,) * (x.dim() - mask.dim()))
-    return torch.where(keep, x, torch.full((), fill, dtype=x.dtype, device=x.device))
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _log_z(crf: CRF, emissions: Tensor, mask: Tensor, log_z: Tensor | None) -> Tensor:
+    """The student's ``log Z (B,)``: ``log_z`` when the caller shares one, else computed once."""
+    return crf.log_partition(emissions, mask) if log_z is None else log_z
 
 
 def _check_temperature(temperature: float) -> None:
@@ -79,7 +75,9 @@ def _kl_sum(teacher_logits: Tensor, student_logits: Tensor, mask: Tensor, t: flo
     return t * t * _tokens(kl, mask).sum()
 
 
-def gold_nll(crf: StudentCRF, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+def gold_nll(
+    crf: CRF, emissions: Tensor, tags: Tensor, mask: Tensor, *, log_z: Tensor | None = None
+) -> Tensor:
     """CRF negative log-likelihood of the gold tags, summed over sentences and divided by B.
 
     Args:
@@ -87,10 +85,12 @@ def gold_nll(crf: StudentCRF, emissions: Tensor, tags: Tensor, mask: Tensor) -> 
         emissions: ``(B, N, L)`` student emission scores.
         tags: ``(B, N)`` gold tag ids (pads may hold anything, e.g. -1).
         mask: ``(B, N)`` bool, True on real tokens (every sentence has >= 1).
+        log_z: optional ``(B,)`` ``crf.log_partition(emissions, mask)`` already computed (and
+            differentiable), shared with a KD term by :func:`student_loss`.
     """
     emissions = _tokens(emissions, mask)
     tags = torch.where(mask, tags.long(), 0)
-    nll = crf.log_partition(emissions, mask) - crf.score(emissions, tags, mask)
+    nll = _log_z(crf, emissions, mask, log_z) - crf.score(emissions, tags, mask)
     return nll.sum() / mask.shape[0]
 
 
@@ -113,7 +113,12 @@ def emission_kd(
 
 
 def _valid_path_nll(
-    crf: StudentCRF, student_emissions: Tensor, topk_tags: Tensor, k_valid: Tensor, mask: Tensor
+    crf: CRF,
+    student_emissions: Tensor,
+    topk_tags: Tensor,
+    k_valid: Tensor,
+    mask: Tensor,
+    log_z: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``−log p_s(ŷ_bk)`` for every real teacher path, the student log Z computed once per sentence.
 
@@ -121,8 +126,7 @@ def _valid_path_nll(
     ``crf.score`` call on emissions gathered per path; ``log Z`` is computed B times, not B·K.
 
     Returns:
-        ``nll (V,)``, ``b (V,)`` and ``k (V,)``: the V real (sentence, rank) pairs, rank-major
-        within each sentence.
+        ``nll (V,)``, ``b (V,)`` and ``k (V,)``: the V real (sentence, rank) pairs, in that order.
     """
     emissions = _tokens(student_emissions, mask)
     n_ranks = topk_tags.shape[1]
@@ -130,13 +134,19 @@ def _valid_path_nll(
     b, k = real.nonzero(as_tuple=True)
     paths = topk_tags[b, k].long()
     paths = torch.where(mask[b], paths, 0)
-    log_z = crf.log_partition(emissions, mask)
+    log_z = _log_z(crf, emissions, mask, log_z)
     nll = log_z[b] - crf.score(emissions[b], paths, mask[b])
     return nll, b, k
 
 
 def topk_kd(
-    crf: StudentCRF, student_emissions: Tensor, topk_tags: Tensor, k_valid: Tensor, mask: Tensor
+    crf: CRF,
+    student_emissions: Tensor,
+    topk_tags: Tensor,
+    k_valid: Tensor,
+    mask: Tensor,
+    *,
+    log_z: Tensor | None = None,
 ) -> Tensor:
     """Top-K KD (paper Eq. 8): ``1/B · Σ_b 1/k_b · Σ_{k < k_b} −log p_s(ŷ_bk | x_b)``.
 
@@ -150,8 +160,9 @@ def topk_kd(
         topk_tags: ``(B, K, N)`` teacher k-best paths (ranks beyond ``k_valid`` ignored).
         k_valid: ``(B,)`` number of real paths per sentence.
         mask: ``(B, N)`` bool.
+        log_z: optional shared student ``log Z (B,)`` (see :func:`gold_nll`).
     """
-    nll, b, _ = _valid_path_nll(crf, student_emissions, topk_tags, k_valid, mask)
+    nll, b, _ = _valid_path_nll(crf, student_emissions, topk_tags, k_valid, mask, log_z)
     weights = 1.0 / k_valid.to(nll.device)[b].to(nll.dtype)
     return (weights * nll).sum() / mask.shape[0]
 
@@ -172,12 +183,14 @@ def topk_weights(topk_scores: Tensor, k_valid: Tensor) -> Tensor:
 
 
 def topwk_kd(
-    crf: StudentCRF,
+    crf: CRF,
     student_emissions: Tensor,
     topk_tags: Tensor,
     topk_scores: Tensor,
     k_valid: Tensor,
     mask: Tensor,
+    *,
+    log_z: Tensor | None = None,
 ) -> Tensor:
     """Weighted Top-K KD (paper Eq. 9): ``1/B · Σ_b Σ_k p'_t(ŷ_bk) · −log p_s(ŷ_bk | x_b)``.
 
@@ -192,14 +205,15 @@ def topwk_kd(
         topk_scores: ``(B, K)`` their teacher scores (``-inf`` beyond ``k_valid``).
         k_valid: ``(B,)``.
         mask: ``(B, N)`` bool.
+        log_z: optional shared student ``log Z (B,)`` (see :func:`gold_nll`).
     """
-    nll, b, k = _valid_path_nll(crf, student_emissions, topk_tags, k_valid, mask)
+    nll, b, k = _valid_path_nll(crf, student_emissions, topk_tags, k_valid, mask, log_z)
     weights = topk_weights(topk_scores.to(nll.device), k_valid.to(nll.device))[b, k]
     return (weights.to(nll.dtype) * nll).sum() / mask.shape[0]
 
 
 def posterior_kd(
-    crf: StudentCRF,
+    crf: CRF,
     student_emissions: Tensor,
     teacher_log_marginals: Tensor,
     mask: Tensor,
@@ -226,11 +240,13 @@ def posterior_kd(
 
 
 def structural_kd(
-    crf: StudentCRF,
+    crf: CRF,
     student_emissions: Tensor,
     teacher_unary: Tensor,
     teacher_edge_marginals: Tensor,
     mask: Tensor,
+    *,
+    log_z: Tensor | None = None,
 ) -> Tensor:
     """Exact structural KD, CRF ⇒ CRF (arXiv 2010.05010 "Case 1a", paper digest §5).
 
@@ -248,18 +264,18 @@ def structural_kd(
             ``log_marginals.exp()``).
         teacher_edge_marginals: ``(B, N-1, L, L)`` teacher ``q(y_t = a, y_{t+1} = b)``.
         mask: ``(B, N)`` bool.
+        log_z: optional shared student ``log Z (B,)`` (see :func:`gold_nll`).
     """
     emissions = _tokens(student_emissions, mask)
     unary = _tokens(teacher_unary.to(emissions.dtype), mask)
     pairwise = _tokens(teacher_edge_marginals.to(emissions.dtype), mask[:, 1:])
-    per_sentence = crf.log_partition(emissions, mask) - crf.expected_score(
-        emissions, unary, pairwise, mask
-    )
+    expected = crf.expected_score(emissions, unary, pairwise, mask)
+    per_sentence = _log_z(crf, emissions, mask, log_z) - expected
     return per_sentence.clamp_min(0).sum() / mask.shape[0]
 
 
 def pos_topwk_kd(
-    crf: StudentCRF,
+    crf: CRF,
     student_emissions: Tensor,
     teacher_log_marginals: Tensor,
     topk_tags: Tensor,
@@ -268,17 +284,19 @@ def pos_topwk_kd(
     mask: Tensor,
     temperature: float = 1.0,
     mixture: Mixture = "sum",
+    *,
+    log_z: Tensor | None = None,
 ) -> Tensor:
     """Pos.+Top-WK: posterior KD (at ``temperature``) plus Top-WK (at T = 1).
 
     ``mixture="sum"`` adds them (the authors' code); ``"mean"`` halves the sum (the paper's
-    "averaging of Eq. 9, 13").
+    "averaging of Eq. 9, 13"). ``log_z`` is an optional shared student ``log Z`` for Top-WK.
     """
     if mixture not in ("sum", "mean"):
         raise ConfigError(f"mixture must be 'sum' or 'mean', got {mixture!r}")
     total = posterior_kd(
         crf, student_emissions, teacher_log_marginals, mask, temperature
-    ) + topwk_kd(crf, student_emissions, topk_tags, topk_scores, k_valid, mask)
+    ) + topwk_kd(crf, student_emissions, topk_tags, topk_scores, k_valid, mask, log_z=log_z)
     return total if mixture == "sum" else total / 2
 
 
@@ -312,21 +330,27 @@ def _column(batch: Mapping[str, Tensor] | Any, name: str, method: str, device: A
 
 
 def _batch_gold_nll(
-    method: str, crf: StudentCRF, student_emissions: Tensor, batch: Mapping[str, Tensor] | Any
+    method: str,
+    crf: CRF,
+    student_emissions: Tensor,
+    batch: Mapping[str, Tensor] | Any,
+    log_z: Tensor | None = None,
 ) -> Tensor:
     device = student_emissions.device
     mask = _column(batch, "mask", method, device).bool()
-    return gold_nll(crf, student_emissions, _column(batch, "tags", method, device), mask)
+    tags = _column(batch, "tags", method, device)
+    return gold_nll(crf, student_emissions, tags, mask, log_z=log_z)
 
 
 def distillation_loss(
     method: Method,
-    crf: StudentCRF,
+    crf: CRF,
     student_emissions: Tensor,
     batch: Mapping[str, Tensor] | Any,
     *,
     temperature: float = 1.0,
     mixture: Mixture = "sum",
+    log_z: Tensor | None = None,
 ) -> Tensor:
     """The KD term ``L_KD`` of ``method`` on one batch.
 
@@ -338,13 +362,14 @@ def distillation_loss(
     For ``"baseline"`` the KD term *is* the gold NLL, so ``total_loss`` gives the gold NLL for
     every λ. ``temperature`` applies to ``emission``, ``posterior`` and the posterior part of
     ``pos+topwk``; Top-K/Top-WK use the teacher's paths at T = 1 and ``structural`` is the exact
-    T = 1 cross-entropy.
+    T = 1 cross-entropy. ``log_z`` is an optional shared student ``log Z (B,)`` (see
+    :func:`gold_nll`), used by the methods in ``SHARES_LOG_Z``.
     """
     if method not in REQUIRED_COLUMNS:
         choices = ", ".join(METHODS)
         raise ConfigError(f"unknown distillation method {method!r}; choose one of {choices}")
     if method == "baseline":
-        return _batch_gold_nll(method, crf, student_emissions, batch)
+        return _batch_gold_nll(method, crf, student_emissions, batch, log_z)
     mask = _column(batch, "mask", method, student_emissions.device).bool()
 
     def col(name: str) -> Tensor:
@@ -353,11 +378,10 @@ def distillation_loss(
     if method == "emission":
         return emission_kd(student_emissions, col("emissions"), mask, temperature)
     if method == "topk":
-        return topk_kd(crf, student_emissions, col("topk_tags"), col("k_valid"), mask)
+        return topk_kd(crf, student_emissions, col("topk_tags"), col("k_valid"), mask, log_z=log_z)
     if method == "topwk":
-        return topwk_kd(
-            crf, student_emissions, col("topk_tags"), col("topk_scores"), col("k_valid"), mask
-        )
+        paths, scores, k_valid = col("topk_tags"), col("topk_scores"), col("k_valid")
+        return topwk_kd(crf, student_emissions, paths, scores, k_valid, mask, log_z=log_z)
     if method == "posterior":
         return posterior_kd(crf, student_emissions, col("log_marginals"), mask, temperature)
     if method == "pos+topwk":
@@ -371,16 +395,18 @@ def distillation_loss(
             mask,
             temperature,
             mixture,
+            log_z=log_z,
         )
     if method == "structural":
         unary = col("log_marginals").to(student_emissions.dtype).exp()
-        return structural_kd(crf, student_emissions, unary, col("edge_marginals"), mask)
+        edges = col("edge_marginals")
+        return structural_kd(crf, student_emissions, unary, edges, mask, log_z=log_z)
     raise AssertionError(f"REQUIRED_COLUMNS names a method without a loss: {method}")
 
 
 def student_loss(
     method: Method,
-    crf: StudentCRF,
+    crf: CRF,
     student_emissions: Tensor,
     batch: Mapping[str, Tensor] | Any,
     *,
@@ -391,13 +417,19 @@ def student_loss(
     """``total_loss`` of one batch, skipping whichever term has weight 0.
 
     At λ = 1 (epoch 0) the gold NLL is not computed, at λ = 0 the KD term is not, and the
-    baseline computes only the gold NLL.
+    baseline computes only the gold NLL. When both terms are needed, methods in
+    ``SHARES_LOG_Z`` compute the student's log Z once for both.
     """
     if method == "baseline" or lam <= 0.0:
         return _batch_gold_nll(method, crf, student_emissions, batch)
+    log_z = None
+    if lam < 1.0 and method in SHARES_LOG_Z:
+        mask = _column(batch, "mask", method, student_emissions.device).bool()
+        log_z = crf.log_partition(_tokens(student_emissions, mask), mask)
     kd = distillation_loss(
-        method, crf, student_emissions, batch, temperature=temperature, mixture=mixture
+        method, crf, student_emissions, batch, temperature=temperature, mixture=mixture, log_z=log_z
     )
     if lam >= 1.0:
         return kd
-    return total_loss(kd, _batch_gold_nll(method, crf, student_emissions, batch), lam)
+    gold = _batch_gold_nll(method, crf, student_emissions, batch, log_z)
+    return total_loss(kd, gold, lam)

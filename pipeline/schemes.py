@@ -33,9 +33,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from structkd.pipeline.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from structkd.pipeline.corpus import Sentence
 
 Scheme = Literal["iob1", "iob2", "bio", "bioes", "none"]
 SCHEMES: tuple[str, ...] = ("iob1", "iob2", "bio", "bioes", "none")
@@ -154,9 +157,9 @@ def validate(
 
 
 def validate_sentences(
-    sentences: Iterable, scheme: str, path: str | Path, *, strict: bool = False
+    sentences: Iterable[Sentence], scheme: str, path: str | Path, *, strict: bool = False
 ) -> None:
-    """Validate every sentence (``.tokens``, ``.tags``, ``.line``); errors say ``path:line``."""
+    """Validate every sentence; errors say ``path:line`` (the sentence's first line) and token."""
     for sentence in sentences:
         validate(
             sentence.tags,

@@ -1,7 +1,8 @@
 """Content-addressed knowledge cache: ``knowledge/<lang>/part-NNNNN.parquet + manifest.json``.
 
 A language's knowledge is keyed by what produced it (teacher weights, prepared corpus, features,
-export settings, schema version; :func:`cache_key`). The export of one language goes::
+export settings, schema version; :func:`cache_key`). The export of one language goes
+(:meth:`CacheEntry.ensure` does exactly this)::
 
     entry = KnowledgeCache(root).entry("de")
     with entry.lock():                      # a second exporter waits here, then sees a hit
@@ -21,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -127,6 +128,33 @@ class CacheEntry:
     def shard_path(self, name: str) -> Path:
         """Where shard ``name`` lives."""
         return self.path / name
+
+    def ensure(
+        self,
+        key: str,
+        *,
+        inputs: Mapping[str, str],
+        expected: Sequence[str],
+        compute: Callable[[list[str]], Iterable[ShardRecord]],
+    ) -> list[str]:
+        """Make the entry a hit for ``key``, computing only what is missing; returns those names.
+
+        Args:
+            key: the cache key.
+            inputs: input digests stored in the manifest.
+            expected: every shard name of a complete export.
+            compute: writes the given shards (to :meth:`shard_path`, e.g. on dask workers) and
+                yields each one's record as soon as it is done, so an interruption keeps them.
+        """
+        with self.lock():
+            if self.status(key) == "hit":
+                return []
+            self.begin(key, inputs=inputs)
+            missing = self.missing_shards(key, expected)
+            for record in compute(missing):
+                self.record(key, record)
+            self.commit(key, expected)
+            return missing
 
     def status(self, key: str) -> CacheStatus:
         """``hit`` (complete, every shard verified), ``miss`` (nothing), ``stale`` (other key),

@@ -15,6 +15,7 @@ the columns and :func:`list_values` reads them back as zero-copy numpy views.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -352,7 +353,8 @@ class FeaturesArrays:
                 f"features must be (n_tokens, dim)=({int(lengths.sum())}, {meta.dim}), "
                 f"got {self.features.shape}"
             )
-        half = np.ascontiguousarray(self.features, np.float16)
+        with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
+            half = np.ascontiguousarray(self.features, np.float16)
         bad = _rows_any(~np.isfinite(half), np.repeat(np.arange(n), lengths), n)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
@@ -469,8 +471,24 @@ class KnowledgeArrays:
                 raise InputError(f"sent_id {int(self.sent_id[first])}", problem)
 
     def to_table(self, meta: KnowledgeMeta) -> pa.Table:
-        """Validated Arrow table with ``meta.schema()`` (dtypes and metadata from ``meta``)."""
-        self.validate(meta)
+        """Validated Arrow table with ``meta.schema()`` (dtypes and metadata from ``meta``).
+
+        Values are validated as stored, after the cast to their column dtype, so an emission
+        that overflows float16 is caught rather than stored as inf.
+        """
+        with np.errstate(over="ignore"):
+            stored = dataclasses.replace(
+                self,
+                topk_scores=np.asarray(self.topk_scores, np.float32),
+                log_marginals=np.asarray(self.log_marginals, meta.marginals_dtype),
+                emissions=np.asarray(self.emissions, meta.emissions_dtype),
+                edge_marginals=(
+                    None
+                    if self.edge_marginals is None
+                    else np.asarray(self.edge_marginals, np.float16)
+                ),
+            )
+        stored.validate(meta)
         lengths = np.asarray(self.lengths, np.int64)
         k, n_tags = meta.k, meta.n_tags
         arrays = [
@@ -478,25 +496,19 @@ class KnowledgeArrays:
             pa.array(lengths.astype(np.int32)),
             pa.array(np.asarray(self.log_z, np.float64)),
             list_array(np.asarray(self.topk_tags, np.int16), lengths * k, pa.int16()),
-            list_array(
-                np.asarray(self.topk_scores, np.float32).reshape(-1),
-                np.full(len(lengths), k),
-                pa.float32(),
-            ),
+            list_array(stored.topk_scores.reshape(-1), np.full(len(lengths), k), pa.float32()),
             pa.array(np.asarray(self.k_valid, np.int16)),
             list_array(
-                np.asarray(self.log_marginals, meta.marginals_dtype).reshape(-1),
+                stored.log_marginals.reshape(-1),
                 lengths * n_tags,
                 _ARROW_FLOAT[meta.marginals_dtype],
             ),
             list_array(
-                np.asarray(self.emissions, meta.emissions_dtype).reshape(-1),
-                lengths * n_tags,
-                _ARROW_FLOAT[meta.emissions_dtype],
+                stored.emissions.reshape(-1), lengths * n_tags, _ARROW_FLOAT[meta.emissions_dtype]
             ),
         ]
-        if self.edge_marginals is not None:
-            flat = np.asarray(self.edge_marginals, np.float16).reshape(-1)
+        if stored.edge_marginals is not None:
+            flat = stored.edge_marginals.reshape(-1)
             arrays.append(list_array(flat, (lengths - 1) * n_tags * n_tags, pa.float16()))
         return pa.Table.from_arrays(arrays, schema=meta.schema())
 

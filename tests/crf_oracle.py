@@ -99,3 +99,52 @@ def apply_constraints(
         np.where(start_allowed, start, -np.inf),
         np.where(end_allowed, end, -np.inf),
     )
+
+
+# Paper Table 1 (Wang et al. 2020): 3 tokens, values {F, T}, psi(y0, y1) = 1 and a different
+# potential table for each of the two edges (rows: from F, T; columns: to F, T).
+TABLE1_PSI = (
+    np.array([[2.0, 0.5], [0.5, 2.0]]),  # edge y1 -> y2
+    np.array([[1.0 / 3.0, 3.0], [4.0, 0.25]]),  # edge y2 -> y3
+)
+
+
+def table1_crf() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Table 1 as a CRF in structkd's convention: ``(emissions, transitions, start, end, ...masks)``.
+
+    A CRF shares one transition matrix across positions, and Table 1's two tables differ by a
+    non-additive term, so the example is encoded exactly with position-tagged labels: tag
+    ``2 * k + v`` is value v (0 = F, 1 = T) at token k. ``transitions`` holds log psi between
+    consecutive positions, and the constraint masks forbid everything else (start only at
+    position 0, end only at position 2), so the 8 allowed paths of a 3-token sentence are
+    exactly Table 1's sequences with its potentials. Emissions, start and end scores are 0.
+
+    Returns:
+        ``emissions (3, 6)``, ``transitions (6, 6)``, ``start (6,)``, ``end (6,)``,
+        ``allowed (6, 6)``, ``start_allowed (6,)``, ``end_allowed (6,)`` (the last three bool)
+        — seven arrays.
+    """
+    n_tags = 6
+    transitions = np.zeros((n_tags, n_tags))
+    allowed = np.zeros((n_tags, n_tags), dtype=bool)
+    for k, psi in enumerate(TABLE1_PSI):
+        for a in range(2):
+            for b in range(2):
+                transitions[2 * k + a, 2 * (k + 1) + b] = np.log(psi[a, b])
+                allowed[2 * k + a, 2 * (k + 1) + b] = True
+    start_allowed = np.array([True, True, False, False, False, False])
+    end_allowed = np.array([False, False, False, False, True, True])
+    return (
+        np.zeros((3, n_tags)),
+        transitions,
+        np.zeros(n_tags),
+        np.zeros(n_tags),
+        allowed,
+        start_allowed,
+        end_allowed,
+    )
+
+
+def table1_values(tags: np.ndarray) -> str:
+    """Map position-tagged Table 1 tags to the paper's letters, e.g. ``[1, 3, 4] -> "TTF"``."""
+    return "".join("FT"[int(t) % 2] for t in tags)

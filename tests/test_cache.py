@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,26 +13,31 @@ import pytest
 
 from structkd.pipeline.errors import ConfigError, StructkdError
 from structkd.storage.cache import CacheEntry, KnowledgeCache, cache_key, content_digest
-from structkd.storage.manifest import read_manifest
+from structkd.storage.manifest import ShardRecord, read_manifest
 from structkd.storage.shards import shard_name, write_table_atomic
 
 NAMES = [shard_name(i) for i in range(3)]
 DIGESTS = {"teacher_digest": "t1", "prepared_digest": "p1", "features_digest": "f1"}
 
 
-def compute_shard(entry: CacheEntry, key: str, name: str, log: Path | None = None) -> None:
+def write_shard(entry: CacheEntry, key: str, name: str, log: Path | None = None) -> ShardRecord:
     """Stand-in for a teacher run: write one shard whose content depends on key and name."""
     values = np.frombuffer(f"{key}/{name}".encode(), np.uint8).astype(np.int64)
     table = pa.table({"sent_id": np.arange(len(values)), "value": values})
     table = table.replace_schema_metadata({"schema_version": "1", "table": "knowledge"})
-    entry.record(key, write_table_atomic(table, entry.shard_path(name)))
+    record = write_table_atomic(table, entry.shard_path(name))
     if log is not None:
         with open(log, "a") as f:
             f.write(f"{name}\n")
+    return record
+
+
+def compute_shard(entry: CacheEntry, key: str, name: str, log: Path | None = None) -> None:
+    entry.record(key, write_shard(entry, key, name, log))
 
 
 def export(entry: CacheEntry, key: str, log: Path | None = None) -> str:
-    """The export protocol of storage.cache, as the export stage runs it."""
+    """The export protocol of storage.cache, spelled out as the export stage may run it."""
     with entry.lock():
         if entry.status(key) == "hit":
             return "hit"
@@ -40,6 +46,18 @@ def export(entry: CacheEntry, key: str, log: Path | None = None) -> str:
             compute_shard(entry, key, name, log)
         entry.commit(key, NAMES)
         return "computed"
+
+
+def shard_writer(entry: CacheEntry, key: str, log: Path, fail_at: str | None = None):
+    """``compute`` for CacheEntry.ensure: writes shards one by one, can crash before one."""
+
+    def compute(names: list[str]) -> Iterator[ShardRecord]:
+        for name in names:
+            if name == fail_at:
+                raise KeyboardInterrupt
+            yield write_shard(entry, key, name, log)
+
+    return compute
 
 
 def corrupt(path: Path) -> None:
@@ -180,6 +198,21 @@ class TestStatus:
         assert sorted(p.name for p in entry.path.glob("part-*")) == NAMES
         manifest = read_manifest(entry.path)
         assert manifest is not None and [r.name for r in manifest.shards] == NAMES
+
+    def test_ensure_resumes_after_an_interrupt(self, entry, key, tmp_path):
+        log = tmp_path / "log"
+        with pytest.raises(KeyboardInterrupt):
+            entry.ensure(
+                key, inputs={}, expected=NAMES, compute=shard_writer(entry, key, log, NAMES[2])
+            )
+        assert not entry.lock().is_locked and entry.status(key) == "partial"
+        done = entry.ensure(key, inputs={}, expected=NAMES, compute=shard_writer(entry, key, log))
+        assert done == [NAMES[2]] and log.read_text().split() == NAMES
+        assert (
+            entry.ensure(key, inputs={}, expected=NAMES, compute=shard_writer(entry, key, log))
+            == []
+        )
+        assert entry.status(key) == "hit"
 
     def test_changes_need_the_lock(self, entry, key):
         with pytest.raises(RuntimeError, match="entry.lock"):

@@ -249,9 +249,13 @@ def test_log_partition_once_per_sentence() -> None:
     case = make_case(6, n_tags=3, k=5)
     crf = CountingCRF(3).double()
     crf.load_state_dict(case.student.state_dict())
-    for method in ("topk", "topwk"):
+    for method in ("topk", "topwk", "pos+topwk", "structural"):
         rows.clear()
         distillation_loss(method, crf, case.emissions, case.batch)
+        assert sum(rows) == len(LENGTHS)
+        # student_loss shares the one log Z between the KD term and the gold NLL.
+        rows.clear()
+        student_loss(method, crf, case.emissions, case.batch, lam=0.5)
         assert sum(rows) == len(LENGTHS)
 
 
@@ -322,19 +326,23 @@ def test_lambda_schedule() -> None:
         lambda_at(3, -1.0)
 
 
-def test_student_loss_combines_and_skips_zero_weight_terms() -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_student_loss_combines_and_skips_zero_weight_terms(method: str) -> None:
     case = make_case(11, k=4)
-    kd = distillation_loss("posterior", case.student, case.emissions, case.batch, temperature=2.0)
-    gold = gold_nll(case.student, case.emissions, case.batch["tags"], case.batch["mask"])
+    emissions, batch = case.emissions, case.batch
     for lam in (0.0, 0.3, 1.0):
-        got = student_loss(
-            "posterior", case.student, case.emissions, case.batch, lam=lam, temperature=2.0
-        )
-        assert got.item() == pytest.approx(total_loss(kd, gold, lam).item(), rel=1e-12)
-    base = distillation_loss("baseline", case.student, case.emissions, case.batch)
-    assert base.item() == pytest.approx(gold.item(), rel=1e-12)
-    skipped = {k: v for k, v in case.batch.items() if k in ("mask", "tags")}
-    at_zero = student_loss("topwk", case.student, case.emissions, skipped, lam=0.0)
+        kd = distillation_loss(method, case.student, emissions, batch, temperature=2.0)
+        gold = gold_nll(case.student, emissions, batch["tags"], batch["mask"])
+        want = total_loss(kd, gold, lam)
+        (want_grad,) = torch.autograd.grad(want, emissions)
+        got = student_loss(method, case.student, emissions, batch, lam=lam, temperature=2.0)
+        (got_grad,) = torch.autograd.grad(got, emissions)
+        assert got.item() == pytest.approx(want.item(), rel=1e-12)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-12)
+    if method == "baseline":
+        assert kd.item() == pytest.approx(gold.item(), rel=1e-12)
+    gold_only = {k: v for k, v in batch.items() if k in ("mask", "tags")}
+    at_zero = student_loss(method, case.student, emissions, gold_only, lam=0.0)
     assert at_zero.item() == pytest.approx(gold.item(), rel=1e-12)
 
 
@@ -393,6 +401,7 @@ def test_garbage_in_pads_changes_nothing(method: str) -> None:
 
     def garbage(x: torch.Tensor, pads: torch.Tensor) -> torch.Tensor:
         noise = 1e30 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        noise[noise > 1e30] = math.nan
         while pads.dim() < x.dim():
             pads = pads.unsqueeze(-1)
         return torch.where(pads, noise.to(x.dtype), x)
@@ -421,3 +430,22 @@ def test_bad_settings_are_config_errors() -> None:
         distillation_loss("token", case.student, case.emissions, case.batch)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="mixture"):
         distillation_loss("pos+topwk", case.student, case.emissions, case.batch, mixture="avg")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_storage_dtypes(method: str) -> None:
+    """Knowledge as the shards store it (int16 ids, float16 marginals) with a float32 student."""
+    case = make_case(20, n_tags=4, constrained=True, k=5)
+    exact = distillation_loss(method, case.student, case.emissions, case.batch, temperature=2.0)
+    stored = dict(case.batch)
+    for name in ("topk_tags", "k_valid", "tags"):
+        stored[name] = case.batch[name].to(torch.int16)
+    for name in ("log_marginals", "emissions", "edge_marginals"):
+        stored[name] = case.batch[name].to(torch.float16)
+    stored["topk_scores"] = case.batch["topk_scores"].float()
+    student = case.student.float()
+    emissions = case.emissions.detach().float().requires_grad_()
+    got = distillation_loss(method, student, emissions, stored, temperature=2.0)
+    got.backward()
+    assert got.dtype == torch.float32 and torch.isfinite(emissions.grad).all()
+    assert got.item() == pytest.approx(exact.item(), rel=2e-3, abs=2e-3)

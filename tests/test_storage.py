@@ -105,6 +105,7 @@ class TestRoundTrip:
         path = tmp_path / shard_name(0)
         record = write_table_atomic(arrays.to_table(meta), path, row_group_rows=16)
         assert record == ShardRecord(path.name, 40, sha256_file(path), path.stat().st_size)
+        assert record == ShardRecord.of_file(path)
         assert pq.ParquetFile(path).metadata.num_row_groups == 3
         table = read_shard(path, expect_table="knowledge")
         back = KnowledgeArrays.from_table(table, k=3, n_tags=len(LABELS))
@@ -206,6 +207,13 @@ class TestValidation:
         arrays.emissions[int(arrays.lengths[0]) + 1, 2] = np.nan
         with pytest.raises(InputError, match="sent_id 101: emissions contain NaN or inf"):
             arrays.to_table(make_meta())
+
+    def test_emissions_overflowing_their_float16_column(self, rng: np.random.Generator):
+        arrays = make_knowledge(rng, 4)
+        arrays.emissions[0, 0] = 7e4
+        arrays.to_table(make_meta(dtype="float32"))  # fits float32
+        with pytest.raises(InputError, match="sent_id 100: emissions contain NaN or inf"):
+            arrays.to_table(make_meta(dtype="float16"))
 
     def test_padding_by_repeating_a_path_is_rejected(self, rng: np.random.Generator):
         arrays = make_knowledge(rng, 30)

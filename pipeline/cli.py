@@ -1,4 +1,4 @@
-"""The ``structkd`` command: ``stage <name>`` runs one pipeline stage, plus ``knowledge`` and ``predict``.
+"""The ``structkd`` command: ``stage <name>`` runs one stage; ``knowledge`` and ``predict`` too.
 
 Stage commands live in ``structkd.stages`` (one module per stage); this module only wires them.
 User-facing problems (:class:`StructkdError`) end the command with one ``Error:`` line and exit
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -29,11 +28,12 @@ from structkd.stages import (
 class _Group(TyperGroup):
     """A command group that turns :class:`StructkdError` into a one-line ``Error:`` and exit 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except StructkdError as exc:
-            raise click.ClickException(str(exc)) from None
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(
@@ -43,7 +43,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-stage_app = typer.Typer(help="Run one pipeline stage (what `dvc repro` runs).", no_args_is_help=True)
+stage_app = typer.Typer(
+    help="Run one pipeline stage (what `dvc repro` runs).", no_args_is_help=True
+)
 knowledge_app = typer.Typer(help="Inspect knowledge shards written by export-teachers.")
 
 stage_app.command("prepare")(prepare.main)
@@ -59,6 +61,5 @@ app.add_typer(knowledge_app, name="knowledge", no_args_is_help=True)
 app.command("predict")(predict.main)
 
 
-def main() -> None:
-    """Console-script entry point."""
+if __name__ == "__main__":
     app()

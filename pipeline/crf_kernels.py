@@ -15,15 +15,19 @@ and ``k_valid = 0``.
 
 Every public function is a keyword-only wrapper that validates its inputs (``ValueError``
 naming the argument, what was expected and what was received), converts them to contiguous
-float64 and calls one private kernel from ``kernels_marginals`` / ``kernels_decode``; the
-kernels run one sentence per work item in parallel (``numba.prange``) over token-balanced
-chunks. Marginals use a scaled probability-space forward-backward with an automatic, exact
-log-space fallback for extreme scores (see ``kernels_marginals``). Decoding ties follow one
-documented rule (see ``kernels_decode``): k-best rank 0 is always the Viterbi path.
+float64 (float32 emissions are read as they are; all arithmetic is float64), allocates the
+outputs with numpy and calls one private kernel from ``kernels_marginals`` / ``kernels_decode``.
+Kernels run sentences in parallel (``numba.prange`` over token-balanced chunks; inputs under
+``SERIAL_BELOW_TOKENS`` tokens run on the calling thread). Marginals use a scaled
+probability-space forward-backward with an automatic, exact log-space fallback for extreme
+scores (see ``kernels_marginals``). Decoding ties follow one documented rule (see
+``kernels_decode``): k-best rank 0 is always the Viterbi path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numba
@@ -82,14 +86,21 @@ class _Prepared(NamedTuple):
     end: np.ndarray
 
 
-def _float_array(name: str, value: object, shape: tuple[int, ...], dims: str) -> np.ndarray:
-    """Validate a score array (any float dtype, no NaN/+inf) and return it as C float64."""
+def _float_array(
+    name: str, value: object, shape: tuple[int, ...], dims: str, keep32: bool = False
+) -> np.ndarray:
+    """Validate a score array (any float dtype, no NaN/+inf); return it C-contiguous float64.
+
+    With ``keep32``, float32 stays float32: the kernels read it and compute in float64, which
+    saves a full copy of the largest input (float32 -> float64 is exact either way).
+    """
     arr = np.asarray(value)
     if arr.dtype.kind != "f":
         raise ValueError(f"{name} must be a float array, got dtype {arr.dtype}")
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {dims}={shape}, got {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    dtype = np.float32 if keep32 and arr.dtype == np.float32 else np.float64
+    arr = np.ascontiguousarray(arr, dtype=dtype)
     if not bool(np.all(arr < np.inf)):
         raise ValueError(f"{name} must not contain NaN or +inf")
     return arr
@@ -102,6 +113,25 @@ def _bool_array(name: str, value: object, shape: tuple[int, ...], dims: str) -> 
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {dims}={shape}, got {arr.shape}")
     return arr
+
+
+# Below this many tokens a call runs on the calling thread only: a parallel launch costs more
+# than the work, and on a busy machine OpenMP barriers can wait for a descheduled thread for ms.
+SERIAL_BELOW_TOKENS = 2048
+
+
+@contextmanager
+def _threads_for(n_tokens: int) -> Iterator[None]:
+    """Run the enclosed kernel serially for small inputs (numba's thread count is thread-local)."""
+    if n_tokens >= SERIAL_BELOW_TOKENS:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def _chunks(offsets: np.ndarray) -> np.ndarray:
@@ -127,7 +157,7 @@ def _prepare(
     if em.ndim != 2 or em.shape[1] < 1:
         raise ValueError(f"emissions must have shape (n_tokens, n_tags), got {em.shape}")
     n_tokens, n_tags = em.shape
-    em = _float_array("emissions", em, (n_tokens, n_tags), "(n_tokens, n_tags)")
+    em = _float_array("emissions", em, (n_tokens, n_tags), "(n_tokens, n_tags)", keep32=True)
     off = np.asarray(offsets)
     if off.dtype.kind not in "iu" or off.ndim != 1 or off.size < 2:
         raise ValueError(
@@ -161,6 +191,22 @@ def _prepare(
     return _Prepared(em, off, _chunks(off), trans, st, en)
 
 
+def _forward_backward(
+    p: _Prepared, want_edges: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run the forward-backward kernel: ``(log_z, marg, edges, fast)`` (see the kernel)."""
+    n_tokens, n_tags = p.emissions.shape
+    n_sents = p.offsets.size - 1
+    log_z = np.empty(n_sents)
+    marg = np.empty((n_tokens, n_tags))
+    eps = np.empty((n_tokens, n_tags))
+    edges = np.empty((n_tokens - n_sents if want_edges else 0, n_tags, n_tags))
+    fast = np.empty(n_sents, dtype=np.bool_)
+    with _threads_for(n_tokens):
+        forward_backward_kernel(*p, False, log_z, marg, eps, edges, fast)
+    return log_z, marg, edges, fast
+
+
 def log_partition(
     *,
     emissions: np.ndarray,
@@ -191,9 +237,10 @@ def log_partition(
         ValueError: an argument has the wrong shape or dtype, NaN/+inf, or bad offsets.
     """
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
-    return log_partition_kernel(
-        p.emissions, p.offsets, p.chunks, p.transitions, p.start, p.end, False
-    )
+    log_z = np.empty(p.offsets.size - 1)
+    with _threads_for(p.emissions.shape[0]):
+        log_partition_kernel(*p, False, log_z)
+    return log_z
 
 
 def forward_backward(
@@ -219,9 +266,7 @@ def forward_backward(
         ValueError: as ``log_partition``.
     """
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
-    log_z, marg, _, fast = forward_backward_kernel(
-        p.emissions, p.offsets, p.chunks, p.transitions, p.start, p.end, False, False
-    )
+    log_z, marg, _, fast = _forward_backward(p, want_edges=False)
     with np.errstate(divide="ignore"):  # log(0) = -inf is the intended "impossible"
         if fast.all():
             np.log(marg, out=marg)
@@ -256,10 +301,7 @@ def edge_marginals(
         ValueError: as ``log_partition``.
     """
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
-    _, _, edges, _ = forward_backward_kernel(
-        p.emissions, p.offsets, p.chunks, p.transitions, p.start, p.end, False, True
-    )
-    return edges
+    return _forward_backward(p, want_edges=True)[2]
 
 
 def viterbi(
@@ -287,7 +329,10 @@ def viterbi(
         ValueError: as ``log_partition``.
     """
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
-    tags, best = viterbi_kernel(p.emissions, p.offsets, p.chunks, p.transitions, p.start, p.end)
+    tags = np.empty(p.emissions.shape[0], dtype=np.int64)
+    best = np.empty(p.offsets.size - 1)
+    with _threads_for(p.emissions.shape[0]):
+        viterbi_kernel(*p, tags, best)
     return ViterbiPaths(tags, best)
 
 
@@ -326,7 +371,10 @@ def kbest(
         raise ValueError(
             f"n_tags must be <= 32767 for int16 kbest_tags, got {p.emissions.shape[1]}"
         )
-    tags, scores, k_valid = kbest_kernel(
-        p.emissions, p.offsets, p.chunks, p.transitions, p.start, p.end, int(k)
-    )
+    n_tokens = p.emissions.shape[0]
+    tags = np.empty(k * n_tokens, dtype=np.int16)
+    scores = np.empty((p.offsets.size - 1, k))
+    k_valid = np.empty(p.offsets.size - 1, dtype=np.int64)
+    with _threads_for(n_tokens):
+        kbest_kernel(*p, int(k), tags, scores, k_valid)
     return KBest(tags, scores, k_valid)

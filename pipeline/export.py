@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from structkd.pipeline import crf_kernels
+from structkd.pipeline.data import budget_batches
 from structkd.pipeline.errors import InputError
 from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.params import ExportParams
@@ -66,35 +67,22 @@ def _teacher(teacher_dir: str, mtime: float) -> Tagger:
 def teacher_emissions(
     model: Tagger, tokens: np.ndarray, features: np.ndarray, lengths: np.ndarray
 ) -> np.ndarray:
-    """Emissions ``(n_tokens, n_tags)`` float64 for flat tokens/features, in length-sorted batches."""
+    """Emissions ``(n_tokens, n_tags)`` float64 of flat tokens/features, batched by length."""
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     out = np.empty((int(offsets[-1]), model.config.n_tags), np.float64)
-    order = np.argsort(lengths, kind="stable")
-    batch: list[int] = []
-
-    def flush() -> None:
+    for batch in budget_batches(lengths, TEACHER_BATCH_TOKENS):
         n = int(lengths[batch].max())
         feats = torch.zeros(len(batch), n, features.shape[1])
         mask = torch.zeros(len(batch), n, dtype=torch.bool)
-        words = []
         for row, i in enumerate(batch):
             lo, hi = offsets[i], offsets[i + 1]
             feats[row, : hi - lo] = torch.from_numpy(features[lo:hi].astype(np.float32))
             mask[row, : hi - lo] = True
-            words.append(list(tokens[lo:hi]))
+        words = [list(tokens[offsets[i] : offsets[i + 1]]) for i in batch]
         with torch.inference_mode():
             scores = model.emissions(feats, mask, words).double().numpy()
         for row, i in enumerate(batch):
-            lo, hi = offsets[i], offsets[i + 1]
-            out[lo:hi] = scores[row, : hi - lo]
-        batch.clear()
-
-    for i in order:
-        if batch and (len(batch) + 1) * int(lengths[i]) > TEACHER_BATCH_TOKENS:
-            flush()
-        batch.append(int(i))
-    if batch:
-        flush()
+            out[offsets[i] : offsets[i + 1]] = scores[row, : offsets[i + 1] - offsets[i]]
     return out
 
 
@@ -117,15 +105,6 @@ def export_shard(job: ShardJob) -> ShardTiming:
     emissions = teacher_emissions(model, prepared.tokens, feats.features, lengths)
     network_done = time.perf_counter()
 
-    bad = ~np.isfinite(emissions).all(axis=1)
-    if bad.any():
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        sentence = int(prepared.sent_id[np.searchsorted(offsets, np.argmax(bad), "right") - 1])
-        raise InputError(
-            f"{job.teacher_dir}",
-            f"teacher emissions contain NaN or inf for sentence {sentence} of {job.prepared}; "
-            "refusing to export",
-        )
     crf = model.crf.numpy_params()
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     kwargs = {"emissions": emissions, "offsets": offsets, **crf}
@@ -157,7 +136,13 @@ def export_shard(job: ShardJob) -> ShardTiming:
         emissions=emissions,
         edge_marginals=edges,
     )
-    arrays.validate(meta)
+    try:
+        arrays.validate(meta)
+    except InputError as exc:
+        raise InputError(
+            f"{job.prepared}: {exc.where}",
+            f"teacher {job.teacher_dir}: {exc.problem}; not exported",
+        ) from None
     record = write_table_atomic(arrays.to_table(meta), Path(job.output))
     done = time.perf_counter()
     return ShardTiming(

@@ -1,8 +1,8 @@
 """Private numba kernels for exact CRF decoding: Viterbi and exact list Viterbi (k-best).
 
-No validation here (see ``structkd.pipeline.crf_kernels``): C-contiguous float64 scores with
-forbidden entries already ``-inf``, int64 ``offsets``, ``chunks`` = sentence boundaries of the
-parallel work items.
+No validation here (see ``structkd.pipeline.crf_kernels``): C-contiguous float64 scores
+(emissions may be float32; arithmetic is float64) with forbidden entries already ``-inf``, int64
+``offsets``, ``chunks`` = sentence boundaries of the parallel work items.
 
 Tie rule (both decoders, so k-best rank 0 is always the Viterbi path, bit for bit): paths are
 ordered by score, descending; equal scores are ordered by the *reversed* tag sequence
@@ -57,18 +57,17 @@ def _viterbi_sentence(em, lo, hi, trans, start, end, v, nv, bp, tags) -> float:
     if tag < 0:
         tags[lo:hi] = -1
         return best
-    for t in range(hi - lo - 1, -1, -1):
+    for t in range(hi - lo - 1, 0, -1):
         tags[lo + t] = tag
         tag = bp[t, tag]
+    tags[lo] = tag
     return best
 
 
 @njit(cache=True, parallel=True)
-def viterbi_kernel(em, offsets, chunks, trans, start, end):
-    """Returns ``(tags (n_tokens,) int64, best_scores (n_sents,))``."""
+def viterbi_kernel(em, offsets, chunks, trans, start, end, tags, best) -> None:
+    """Fill ``tags (n_tokens,) int64`` and ``best (n_sents,)`` (allocated by the caller)."""
     n_tags = em.shape[1]
-    tags = np.empty(em.shape[0], dtype=np.int64)
-    best = np.empty(offsets.size - 1)
     for c in prange(chunks.size - 1):
         b0 = chunks[c]
         b1 = chunks[c + 1]
@@ -82,25 +81,26 @@ def viterbi_kernel(em, offsets, chunks, trans, start, end):
             best[b] = _viterbi_sentence(
                 em, offsets[b], offsets[b + 1], trans, start, end, v, nv, bp, tags
             )
-    return tags, best
 
 
 @njit(cache=True)
-def _insert(scores, src_tag, src_rank, count, k, s, tag, rank) -> int:
-    """Insert candidate (s, tag, rank) into the sorted top-k lists; returns the new count.
+def _insert(delta, cur, j, bp_tag, bp_rank, t, count, k, s, tag, rank) -> int:
+    """Insert candidate (s, tag, rank) into the sorted top-k list of (t, j); return the count.
 
-    Candidates arrive in ascending (tag, rank), so placing ``s`` after equal scores keeps the
-    tie rule. The caller has checked that ``s`` beats the k-th entry when the list is full.
+    The list is ``delta[cur, j]`` with back-pointers ``bp_tag[t, j]``, ``bp_rank[t, j]``
+    (indexed, not sliced: numba reference-counts every view). Candidates arrive in ascending
+    (tag, rank), so placing ``s`` after equal scores keeps the tie rule. The caller has checked
+    that ``s`` beats the k-th entry when the list is full.
     """
     p = count if count < k else k - 1
-    while p > 0 and scores[p - 1] < s:
-        scores[p] = scores[p - 1]
-        src_tag[p] = src_tag[p - 1]
-        src_rank[p] = src_rank[p - 1]
+    while p > 0 and delta[cur, j, p - 1] < s:
+        delta[cur, j, p] = delta[cur, j, p - 1]
+        bp_tag[t, j, p] = bp_tag[t, j, p - 1]
+        bp_rank[t, j, p] = bp_rank[t, j, p - 1]
         p -= 1
-    scores[p] = s
-    src_tag[p] = tag
-    src_rank[p] = rank
+    delta[cur, j, p] = s
+    bp_tag[t, j, p] = tag
+    bp_rank[t, j, p] = rank
     return count + 1 if count < k else k
 
 
@@ -123,24 +123,22 @@ def _kbest_sentence(
     for t in range(1, n):
         cur = t & 1
         prev = 1 - cur
-        e_row = lo + t
         for j in range(n_tags):
             c = 0
-            scores = delta[cur, j]
             for i in range(n_tags):
                 tr = trans[i, j]
                 if tr == -np.inf:
                     continue
                 for r in range(cnt[prev, i]):
                     s = delta[prev, i, r] + tr
-                    if c == k and not s > scores[k - 1]:
+                    if c == k and not s > delta[cur, j, k - 1]:
                         break  # the rest of list i is no better and comes later in the tie order
-                    c = _insert(scores, bp_tag[t, j], bp_rank[t, j], c, k, s, i, r)
-            e = em[e_row, j]
+                    c = _insert(delta, cur, j, bp_tag, bp_rank, t, c, k, s, i, r)
+            e = em[lo + t, j]
             if e == -np.inf:
                 c = 0
             for r in range(c):
-                scores[r] += e
+                delta[cur, j, r] += e
             cnt[cur, j] = c
     last = (n - 1) & 1
     fs = fin[0]
@@ -187,16 +185,13 @@ def _insert_final(fin, count, k, s, tag, rank) -> int:
 
 
 @njit(cache=True, parallel=True)
-def kbest_kernel(em, offsets, chunks, trans, start, end, k):
-    """Returns ``(kbest_tags (k*n_tokens,) int16, kbest_scores (n_sents, k), k_valid (n_sents,))``.
+def kbest_kernel(em, offsets, chunks, trans, start, end, k, tags, scores, k_valid) -> None:
+    """Fill ``tags (k*n_tokens,) int16``, ``scores (n_sents, k)``, ``k_valid (n_sents,)``.
 
     Sentence b's paths are rows ``k * offsets[b] : k * offsets[b + 1]``, path-major (k, n_b).
+    Outputs are allocated by the caller (numpy's allocations page-fault far less than NRT's).
     """
     n_tags = em.shape[1]
-    n_sents = offsets.size - 1
-    tags = np.empty(k * em.shape[0], dtype=np.int16)
-    scores = np.empty((n_sents, k))
-    k_valid = np.empty(n_sents, dtype=np.int64)
     for c in prange(chunks.size - 1):
         b0 = chunks[c]
         b1 = chunks[c + 1]
@@ -227,4 +222,3 @@ def kbest_kernel(em, offsets, chunks, trans, start, end, k):
                 tags[k * lo : k * hi],
                 scores[b],
             )
-    return tags, scores, k_valid

@@ -1,8 +1,9 @@
 """Private numba kernels for the CRF log-partition and posterior marginals (forward-backward).
 
-No validation here: callers (``structkd.pipeline.crf_kernels``) pass C-contiguous float64 arrays,
-``offsets`` int64 with every sentence length >= 1, ``chunks`` (sentence boundaries of the
-parallel work items) and scores in which forbidden entries already are ``-inf``.
+No validation here: callers (``structkd.pipeline.crf_kernels``) pass C-contiguous float64 arrays
+(emissions may be float32; arithmetic is float64), ``offsets`` int64 with every sentence length
+>= 1, ``chunks`` (sentence boundaries of the parallel work items) and scores in which forbidden
+entries already are ``-inf``.
 
 Two exact algorithms compute the same quantities (Lafferty et al. 2001; scaling as in Rabiner 1989):
 
@@ -75,14 +76,16 @@ def _forward_prob(em, lo, hi, et, es, ee, shifts, alpha, eps, store, a, p) -> fl
 
     ``a``, ``p``: (L,) scratch; the final forward vector is left in ``a``. With ``store``, the
     normalised forward vector of row t goes to ``alpha[t]`` and its scaled emissions
-    ``exp(E_t - max E_t)`` to ``eps[t]`` (for the backward pass). One fused loop per token:
-    at L = 9..20 loop overhead and array views (reference-counted by numba) cost more than
-    the arithmetic, so there are no helper calls or views here.
+    ``exp(E_t - max E_t)`` to ``eps[t]`` (for the backward pass); without, ``alpha`` and ``eps``
+    are (2, L) dummies written at row ``t & 1``. Few fused loops, no helper calls, no views:
+    at L = 9..20 loop overhead and numba's reference counting of views cost more than the
+    arithmetic.
     """
     n_tags = em.shape[1]
     logc = shifts[1] - shifts[0]
     bad = False
     for t in range(lo, hi):
+        r = t if store else t & 1
         m = -np.inf
         for j in range(n_tags):
             m = max(m, em[t, j])
@@ -92,9 +95,10 @@ def _forward_prob(em, lo, hi, et, es, ee, shifts, alpha, eps, store, a, p) -> fl
             for j in range(n_tags):
                 p[j] = es[j]
         else:
+            v = a[0]
             for j in range(n_tags):
-                p[j] = 0.0
-            for i in range(n_tags):
+                p[j] = v * et[0, j]
+            for i in range(1, n_tags):
                 v = a[i]
                 for j in range(n_tags):
                     p[j] += v * et[i, j]
@@ -103,8 +107,7 @@ def _forward_prob(em, lo, hi, et, es, ee, shifts, alpha, eps, store, a, p) -> fl
             d = em[t, j] - m
             bad |= (d < LOG_TINY) & (d > -np.inf)  # exp(d) would be < TINY or underflow
             e = np.exp(d)
-            if store:
-                eps[t, j] = e
+            eps[r, j] = e
             x = p[j] * e
             a[j] = x
             s += x
@@ -114,12 +117,10 @@ def _forward_prob(em, lo, hi, et, es, ee, shifts, alpha, eps, store, a, p) -> fl
         for j in range(n_tags):
             v = a[j] * inv
             a[j] = v
+            alpha[r, j] = v
             bad |= (v > 0.0) & (v < TINY)
         if bad:
             return np.nan
-        if store:
-            for j in range(n_tags):
-                alpha[t, j] = a[j]
         logc += np.log(s) + m + shifts[0]
     zf = 0.0
     for j in range(n_tags):
@@ -131,61 +132,60 @@ def _forward_prob(em, lo, hi, et, es, ee, shifts, alpha, eps, store, a, p) -> fl
 
 @njit(cache=True, fastmath=FASTMATH)
 def _fb_prob(em, lo, hi, et, ett, es, ee, shifts, out, eps, a, p, edges, e_lo) -> float:
-    """Scaled forward-backward for rows lo:hi; writes marginals (probabilities) into ``out[lo:hi]``.
+    """Scaled forward-backward for rows lo:hi; writes marginals (probabilities) to ``out[lo:hi]``.
 
     ``eps`` is (n_tokens, L) scratch, ``a``/``p`` (L,) scratch; edge marginals go to
     ``edges[e_lo : e_lo + n - 1]`` when ``edges`` has rows. Returns log Z or NaN.
+
+    Backward step for token t (``beta`` = normalised backward vector of t+1 on entry):
+    ``w = eps_{t+1} * beta``, ``beta_t = et @ w`` (unnormalised, sum s); the marginal is
+    ``alpha_t * beta_t / total`` with ``total = sum(alpha_t * beta_t)``, which is also the sum
+    of the edge terms ``alpha_t(i) et(i, j) w(j)``; then ``beta_t /= s`` for the next step.
     """
     n_tags = em.shape[1]
     log_z = _forward_prob(em, lo, hi, et, es, ee, shifts, out, eps, True, a, p)
     if np.isnan(log_z):
         return np.nan
     want_edges = edges.shape[0] > 0
-    beta = a  # normalised backward vector of the row after the current one
-    w = p  # eps * beta of the row after the current one
+    beta = a
+    w = p
     for j in range(n_tags):
         beta[j] = ee[j]
-    s = 1.0
     for row in range(hi - 1, lo - 1, -1):
         if row < hi - 1:
             for j in range(n_tags):
                 w[j] = eps[row + 1, j] * beta[j]
+            v = w[0]
             for i in range(n_tags):
-                beta[i] = 0.0
-            for j in range(n_tags):
+                beta[i] = v * ett[0, i]
+            for j in range(1, n_tags):
                 v = w[j]
                 for i in range(n_tags):
                     beta[i] += v * ett[j, i]
-            s = 0.0
-            for i in range(n_tags):
-                s += beta[i]
-            if not s > 0.0:
-                return np.nan
-            inv = 1.0 / s
-            bad = False
-            for i in range(n_tags):
-                v = beta[i] * inv
-                beta[i] = v
-                bad |= (v > 0.0) & (v < TINY)
-            if bad:
-                return np.nan
+        s = 0.0
         total = 0.0
-        for j in range(n_tags):
-            total += out[row, j] * beta[j]
+        for i in range(n_tags):
+            s += beta[i]
+            total += out[row, i] * beta[i]
         if not total > 0.0:
             return np.nan
         inv = 1.0 / total
         if want_edges and row < hi - 1:
-            # q(i, j) ∝ alpha_t(i) et(i, j) eps_{t+1}(j) beta_{t+1}(j); its sum over (i, j) is
-            # sum_i alpha_t(i) * unnormalised beta_t(i) = s * total: one pass, no second sweep.
             e = e_lo + row - lo
-            scale = inv / s
             for i in range(n_tags):
-                ai = out[row, i] * scale
+                ai = out[row, i] * inv
                 for j in range(n_tags):
                     edges[e, i, j] = ai * et[i, j] * w[j]
-        for j in range(n_tags):
-            out[row, j] = out[row, j] * beta[j] * inv
+        inv_s = 1.0 / s
+        bad = False
+        for i in range(n_tags):
+            b = beta[i]
+            out[row, i] = out[row, i] * b * inv
+            b *= inv_s
+            beta[i] = b
+            bad |= (b > 0.0) & (b < TINY)
+        if bad:
+            return np.nan
     return log_z
 
 
@@ -278,14 +278,14 @@ def _fb_log(em, lo, hi, trans, start, end, out, work, edges, e_lo) -> float:
 
 
 @njit(cache=True, parallel=True)
-def log_partition_kernel(em, offsets, chunks, trans, start, end, force_log):
-    """log Z per sentence: (n_sents,). ``force_log`` skips the fast path (tests compare both)."""
+def log_partition_kernel(em, offsets, chunks, trans, start, end, force_log, log_z) -> None:
+    """Fill ``log_z (n_sents,)``. ``force_log`` skips the fast path (tests compare both)."""
     n_tags = em.shape[1]
     et, _, es, ee, shifts, tame = prob_params(trans, start, end)
     use_prob = tame and not force_log
-    log_z = np.empty(offsets.size - 1)
     for c in prange(chunks.size - 1):
         work = np.empty((2, n_tags))
+        dummy = np.empty((2, n_tags))
         a = np.empty(n_tags)
         p = np.empty(n_tags)
         for b in range(chunks[c], chunks[c + 1]):
@@ -293,33 +293,32 @@ def log_partition_kernel(em, offsets, chunks, trans, start, end, force_log):
             hi = offsets[b + 1]
             z = np.nan
             if use_prob:
-                z = _forward_prob(em, lo, hi, et, es, ee, shifts, work, work, False, a, p)
+                z = _forward_prob(em, lo, hi, et, es, ee, shifts, work, dummy, False, a, p)
             if np.isnan(z):
                 z = _forward_log(em, lo, hi, trans, start, end, work, -1)
             log_z[b] = z
-    return log_z
 
 
 @njit(cache=True, parallel=True)
-def forward_backward_kernel(em, offsets, chunks, trans, start, end, force_log, want_edges):
-    """Returns ``(log_z (n_sents,), marg (n_tokens, L), edges (n_edges, L, L), fast (n_sents,))``.
+def forward_backward_kernel(
+    em, offsets, chunks, trans, start, end, force_log, log_z, marg, eps, edges, fast
+) -> None:
+    """Fill ``log_z (n_sents,)``, ``marg (n_tokens, L)``, ``edges`` and ``fast (n_sents,)``.
 
-    ``marg`` rows of sentences with ``fast[b]`` hold marginal *probabilities* (the caller takes
+    Outputs and the scratch ``eps (n_tokens, L)`` are allocated by the caller with numpy: fresh
+    NRT allocations are page-faulted in 4 KiB pages, which cost as much as the whole forward
+    pass here, while numpy's large allocations use huge pages and get reused by malloc.
+
+    ``marg`` rows of sentences with ``fast[b]`` get marginal *probabilities* (the caller takes
     the log with numpy's SIMD ``log``, ~4x cheaper than scalar calls here; fast-path values are
-    >= 1e-140 or exactly 0, so nothing is lost), the other rows hold *log* marginals already
-    (the log-space fallback, whose values may be far below float64's range as probabilities).
-    ``edges`` has n_tokens - n_sents rows when ``want_edges``, else 0; sentence b's edge between
-    its tokens t and t+1 is row ``offsets[b] - b + t``.
+    >= 1e-280 or exactly 0, so nothing is lost), the other rows get *log* marginals (the
+    log-space fallback, whose values may be far below float64's range as probabilities).
+    ``edges`` has n_tokens - n_sents rows, or 0 rows for none; sentence b's edge between its
+    tokens t and t+1 is row ``offsets[b] - b + t``.
     """
-    n_tokens, n_tags = em.shape
-    n_sents = offsets.size - 1
+    n_tags = em.shape[1]
     et, ett, es, ee, shifts, tame = prob_params(trans, start, end)
     use_prob = tame and not force_log
-    log_z = np.empty(n_sents)
-    fast = np.zeros(n_sents, dtype=np.bool_)
-    out = np.empty((n_tokens, n_tags))
-    eps = np.empty((n_tokens, n_tags)) if use_prob else np.empty((0, n_tags))
-    edges = np.empty((n_tokens - n_sents if want_edges else 0, n_tags, n_tags))
     for c in prange(chunks.size - 1):
         work = np.empty((2, n_tags))
         a = np.empty(n_tags)
@@ -329,9 +328,8 @@ def forward_backward_kernel(em, offsets, chunks, trans, start, end, force_log, w
             hi = offsets[b + 1]
             z = np.nan
             if use_prob:
-                z = _fb_prob(em, lo, hi, et, ett, es, ee, shifts, out, eps, a, p, edges, lo - b)
-                fast[b] = not np.isnan(z)
+                z = _fb_prob(em, lo, hi, et, ett, es, ee, shifts, marg, eps, a, p, edges, lo - b)
+            fast[b] = not np.isnan(z)
             if np.isnan(z):
-                z = _fb_log(em, lo, hi, trans, start, end, out, work, edges, lo - b)
+                z = _fb_log(em, lo, hi, trans, start, end, marg, work, edges, lo - b)
             log_z[b] = z
-    return log_z, out, edges, fast

@@ -146,6 +146,15 @@ class Tagger(nn.Module):
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.emission(self.dropout(out))
 
+    def forward(
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        tokens: Sequence[Sequence[str]] | None = None,
+    ) -> torch.Tensor:
+        """Same as :meth:`emissions`; what DistributedDataParallel calls."""
+        return self.emissions(features, mask, tokens)
+
     @torch.no_grad()
     def decode(
         self,

@@ -209,7 +209,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     twice = sorted(set(params.data.languages) & set(params.data.zero_shot))
     if twice:
         raise ConfigError(
-            f"{source}: language '{twice[0]}' is configured twice (data.languages and data.zero_shot)"
+            f"{source}: language '{twice[0]}' is configured twice "
+            "(data.languages and data.zero_shot)"
         )
     for lang, spec in params.data.languages.items():
         missing = [s for s in ("train", "dev", "test") if getattr(spec, s) is None]

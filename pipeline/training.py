@@ -8,10 +8,13 @@ that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,16 @@ class EpochRecord:
     lr: float
     kd_weight: float
     seconds: float
+
+
+def run_fingerprint(params: TrainParams, *extra: object) -> str:
+    """What a checkpoint must match to be resumed: settings that change the trajectory.
+
+    ``max_epochs`` and ``patience`` only decide when to stop, so a run may be resumed with more.
+    """
+    settings = {k: v for k, v in asdict(params).items() if k not in ("max_epochs", "patience")}
+    text = json.dumps([settings, *extra], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def make_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -64,6 +77,8 @@ def fit(
     fingerprint: str = "",
     kd_weight: Callable[[int], float] = lambda epoch: 0.0,
     desc: str = "train",
+    join: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    main_process: bool = True,
 ) -> list[EpochRecord]:
     """Train ``model`` until dev stops improving for ``params.patience`` epochs.
 
@@ -79,6 +94,8 @@ def fit(
         fingerprint: identifies the run's settings; resuming a different run is refused.
         kd_weight: the distillation weight λ of an epoch, recorded in the history.
         desc: progress-bar label.
+        join: context around an epoch's batches (DDP's ``join`` for uneven batch counts).
+        main_process: only the main process writes checkpoints, models and the history.
 
     Returns:
         The per-epoch history.
@@ -110,17 +127,24 @@ def fit(
         torch.manual_seed(params.seed * 100_003 + epoch)
         model.train()
         began, total, steps = time.perf_counter(), 0.0, 0
-        bar = tqdm(batches(epoch), desc=f"{desc} epoch {epoch}", leave=False, unit="batch")
-        for batch in bar:
-            optimizer.zero_grad()
-            loss = loss_fn(batch, epoch)
-            if not torch.isfinite(loss):
-                raise StructkdError(f"{desc}: loss became {loss.item()} in epoch {epoch}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), params.clip)
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-            bar.set_postfix(loss=f"{total / steps:.3f}")
+        bar = tqdm(
+            batches(epoch),
+            desc=f"{desc} epoch {epoch}",
+            leave=False,
+            unit="batch",
+            disable=not main_process,
+        )
+        with join():
+            for batch in bar:
+                optimizer.zero_grad()
+                loss = loss_fn(batch, epoch)
+                if not torch.isfinite(loss):
+                    raise StructkdError(f"{desc}: loss became {loss.item()} in epoch {epoch}")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), params.clip)
+                optimizer.step()
+                total, steps = total + loss.item(), steps + 1
+                bar.set_postfix(loss=f"{total / steps:.3f}")
         model.eval()
         score = dev_score()
         scheduler.step(score)
@@ -135,9 +159,12 @@ def fit(
         history.append(record)
         if score > best:
             best, bad_epochs = score, 0
-            save_best()
+            if main_process:
+                save_best()
         else:
             bad_epochs += 1
+        if not main_process:
+            continue
         tqdm.write(
             f"{desc} epoch {epoch}: loss {record.train_loss:.4f} dev {score:.4f} "
             f"(best {best:.4f}) {record.seconds:.1f}s"

@@ -63,7 +63,8 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
         gap = teacher["avg"] - baseline["avg"]
         closed = (table["posterior"]["avg"] - baseline["avg"]) / gap * 100 if gap else float("nan")
         lines.append(
-            f"Teacher–baseline gap on the average: {gap:.2f}; posterior KD closes {closed:.1f}% of it."
+            f"Teacher–baseline gap on the average: {gap:.2f}; "
+            f"posterior KD closes {closed:.1f}% of it."
         )
     lines += ["", "![per-language scores](per_language.png)", ""]
     layout.reports.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ def main(
     ] = None,
 ) -> None:
     """Export Top-K paths, marginals and emissions of every teacher (cached by content)."""
+    import logging
     from dataclasses import asdict
 
     from dask.distributed import Client, LocalCluster, as_completed
@@ -46,7 +47,7 @@ def main(
     plans = []
     for lang in params.data.languages:
         teacher = layout.teacher(lang)
-        LabelSet.load(teacher / "labels.json").check_same(task_labels, f"teacher {lang}")
+        task_labels.check_same(LabelSet.load(teacher / "labels.json"), str(teacher / "labels.json"))
         prepared, features = layout.prepared(lang, "train"), layout.features(lang, "train")
         digests = {
             "teacher": content_digest(teacher / "model.safetensors"),
@@ -88,6 +89,10 @@ def main(
                             threads_per_worker=1,
                             processes=True,
                             dashboard_address=None,
+                            # no fixed port 8787 (two exports at once), no worker tracebacks:
+                            # a failed shard reaches the user as one Error line
+                            scheduler_kwargs={"dashboard_address": ":0"},
+                            silence_logs=logging.CRITICAL,
                         )
                         client = Client(cluster)
                 jobs = [
@@ -103,16 +108,16 @@ def main(
                     for name in todo
                 ]
                 futures = client.map(export_shard, jobs, pure=False)
-                bar = tqdm(total=len(jobs), desc=f"export {lang}", unit="shard", leave=False)
-                for future in as_completed(futures):
-                    try:
-                        timing = future.result()
-                    except StructkdError:
-                        client.cancel(futures)
-                        raise
-                    entry.record(key, timing.record)
-                    bar.update()
-                bar.close()
+                # closed on error too, so the Error line starts on a line of its own
+                with tqdm(total=len(jobs), desc=f"export {lang}", unit="shard", leave=False) as bar:
+                    for future in as_completed(futures):
+                        try:
+                            timing = future.result()
+                        except StructkdError:
+                            client.cancel(futures)
+                            raise
+                        entry.record(key, timing.record)
+                        bar.update()
                 entry.commit(key, names)
     finally:
         if client is not None:

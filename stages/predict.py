@@ -1,7 +1,9 @@
 """Command ``predict``: tag whitespace-tokenised text or a CoNLL file with a trained model.
 
 Text input: one sentence per line, tokens separated by spaces. CoNLL input (``--conll``): the
-first column holds the tokens, blank lines separate sentences. Output: CoNLL ``token<TAB>tag``.
+first column holds the tokens, blank lines separate sentences. A ``.conllu`` file is read as
+CoNLL-U (FORM column; comments, multiword-token ranges and empty nodes skipped). Output: CoNLL
+``token<TAB>tag``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,14 @@ def main(
     """Tag text with MODEL and print CoNLL (token, tab, tag; blank line between sentences)."""
     from structkd.pipeline.predictor import Predictor
 
-    text = file.read_text("utf-8") if file is not None else sys.stdin.read()
-    is_conll = conll or (file is not None and file.suffix in {".conll", ".conllu", ".bio", ".tsv"})
-    sentences = _read(text.splitlines(), is_conll)
+    if file is not None and ".conllu" in file.suffixes:
+        from structkd.pipeline.corpus import read_conllu
+
+        sentences = [list(s.tokens) for s in read_conllu(file, column=None)]
+    else:
+        text = file.read_text("utf-8") if file is not None else sys.stdin.read()
+        is_conll = conll or (file is not None and file.suffix in {".conll", ".bio", ".tsv"})
+        sentences = _read(text.splitlines(), is_conll)
     tagged = Predictor.load(model, scheme=scheme).tag(sentences)
     for tokens, tags in zip(sentences, tagged, strict=True):
         typer.echo("\n".join(f"{t}\t{g}" for t, g in zip(tokens, tags, strict=True)) + "\n")

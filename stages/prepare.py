@@ -21,9 +21,10 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
     import numpy as np
 
     from structkd.pipeline.corpus import read_corpus
+    from structkd.pipeline.errors import InputError
     from structkd.pipeline.labels import LabelSet
     from structkd.pipeline.schemes import to_bioes, validate_sentences
-    from structkd.storage.schemas import PreparedArrays, PreparedMeta
+    from structkd.storage.schemas import PreparedArrays, PreparedMeta, labels_digest
     from structkd.storage.shards import shard_name, write_table_atomic
 
     params, layout = open_project(params_path)
@@ -50,24 +51,50 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
         train_tags = [t for lang in data.languages for t in corpora[lang, "train"][3]]
         labels = LabelSet.from_sentences(train_tags, "bioes" if span else "none")
 
-    for (lang, split), (path, scheme, sentences, tags) in corpora.items():
-        ids = [labels.encode(t, where=f"{path}:{s.line}") for s, t in zip(sentences, tags, strict=True)]
-        meta = PreparedMeta(lang, split, str(path), scheme, labels.digest())
-        final = layout.prepared(lang, split)
-        tmp = final.with_name(f".{split}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        size = params.prepare.shard_size
-        for shard, lo in enumerate(range(0, len(sentences), size)):
-            chunk = range(lo, min(lo + size, len(sentences)))
-            arrays = PreparedArrays(
-                sent_id=np.arange(chunk.start, chunk.stop, dtype=np.int64),
-                lengths=np.array([len(sentences[i]) for i in chunk], np.int64),
-                tokens=np.array([w for i in chunk for w in sentences[i].tokens], dtype=object),
-                tags=np.concatenate([ids[i] for i in chunk]).astype(np.int16),
-            )
-            write_table_atomic(arrays.to_table(meta), tmp / shard_name(shard))
+    source = f"{params_path}: data.labels" if data.labels else "the teachers' train splits"
+    encoded = {}
+    for (lang, split), (path, _, sentences, tags) in corpora.items():
+        ids = []
+        for sentence, sentence_tags in zip(sentences, tags, strict=True):
+            unknown = [i for i, tag in enumerate(sentence_tags) if tag not in labels]
+            if unknown:
+                i = unknown[0]
+                raise InputError(
+                    f"{path}:{sentence.line}",
+                    f"token {i + 1} {sentence.tokens[i]!r}: label {sentence.tags[i]!r} is not in "
+                    f"the task's label set (from {source})",
+                )
+            ids.append(labels.encode(sentence_tags))
+        encoded[lang, split] = ids
+
+    # every split goes to a temporary folder first, so a failure replaces nothing
+    staged = []
+    try:
+        for (lang, split), (path, scheme, sentences, _) in corpora.items():
+            ids = encoded[lang, split]
+            meta = PreparedMeta(lang, split, str(path), scheme, labels_digest(labels.labels))
+            final = layout.prepared(lang, split)
+            tmp = final.with_name(f".{split}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            done = f"prepared {lang}/{split}: {len(sentences)} sentences from {path}"
+            staged.append((tmp, final, done))
+            size = params.prepare.shard_size
+            for shard, lo in enumerate(range(0, len(sentences), size)):
+                chunk = range(lo, min(lo + size, len(sentences)))
+                arrays = PreparedArrays(
+                    sent_id=np.arange(chunk.start, chunk.stop, dtype=np.int64),
+                    lengths=np.array([len(sentences[i]) for i in chunk], np.int64),
+                    tokens=np.array([w for i in chunk for w in sentences[i].tokens], dtype=object),
+                    tags=np.concatenate([ids[i] for i in chunk]).astype(np.int16),
+                )
+                write_table_atomic(arrays.to_table(meta), tmp / shard_name(shard))
+    except BaseException:
+        for tmp, _, _ in staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for tmp, final, message in staged:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        typer.echo(f"prepared {lang}/{split}: {len(sentences)} sentences from {path}")
+        typer.echo(message)
     labels.save(layout.labels)
     typer.echo(f"labels ({labels.n_tags}): {' '.join(labels.labels)}")

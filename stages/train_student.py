@@ -24,13 +24,10 @@ def main(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
 ) -> None:
     """Train the multilingual student with METHOD on all teacher languages at once."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
     import numpy as np
     import torch
 
+    from structkd.pipeline import distributed
     from structkd.pipeline.data import load_split, shard_paths
     from structkd.pipeline.errors import StructkdError
     from structkd.pipeline.evaluation import evaluate_split, predict_split
@@ -39,13 +36,14 @@ def main(
     from structkd.pipeline.metrics import headline, score
     from structkd.pipeline.models import Tagger, TaggerConfig, load_tagger, save_tagger
     from structkd.pipeline.predictor import encoder_settings
-    from structkd.pipeline.training import fit, write_json
+    from structkd.pipeline.training import fit, run_fingerprint, write_json
     from structkd.storage.cache import KnowledgeCache
     from structkd.storage.schemas import KnowledgeMeta
     from structkd.storage.shards import shard_metadata
     from structkd.storage.stream import DistillationStream, LanguageShards
 
     params, layout = open_project(params_path)
+    rank, world_size = distributed.init_from_env()
     cfg = params.student
     labels = LabelSet.load(layout.labels)
     langs = list(params.data.languages)
@@ -83,8 +81,10 @@ def main(
         seed=cfg.seed,
         buffer_size=cfg.shuffle_buffer,
     )
-    dev = {lang: load_split(layout.prepared(lang, "dev"), layout.features(lang, "dev"), lang, "dev")
-           for lang in langs}
+    dev = {
+        lang: load_split(layout.prepared(lang, "dev"), layout.features(lang, "dev"), lang, "dev")
+        for lang in langs
+    }
 
     config = TaggerConfig(
         feature_dim=stream.dim,
@@ -96,9 +96,8 @@ def main(
     torch.manual_seed(cfg.seed)
     model = Tagger(config, labels)
     out = layout.student(method)
-    fingerprint = hashlib.sha256(
-        json.dumps([method, asdict(cfg), labels.digest(), knowledge_keys], default=str).encode()
-    ).hexdigest()
+    fingerprint = run_fingerprint(cfg, method, labels.digest(), knowledge_keys)
+    net, join = distributed.wrap(model)
 
     def batches(epoch: int):  # noqa: ANN202 - an iterator of stream batches
         stream.set_epoch(epoch)
@@ -109,7 +108,7 @@ def main(
             batch.topk_tags = batch.topk_tags[:, : cfg.k]
             batch.topk_scores = batch.topk_scores[:, : cfg.k]
             batch.k_valid = batch.k_valid.clamp(max=cfg.k)
-        emissions = model.emissions(batch.features, batch.mask)
+        emissions = net(batch.features, batch.mask)
         return student_loss(
             method,
             model.crf,
@@ -137,11 +136,18 @@ def main(
         fingerprint=fingerprint,
         kd_weight=lambda epoch: 0.0 if method == "baseline" else lambda_at(epoch, cfg.anneal_rate),
         desc=f"student {method}",
+        join=join,
+        main_process=rank == 0,
     )
+    distributed.finish()
+    if rank != 0:
+        return
     best = load_tagger(out)
     metrics = {"method": method, "dev": {}, "test": {}}
     for lang in langs:
-        test = load_split(layout.prepared(lang, "test"), layout.features(lang, "test"), lang, "test")
+        test = load_split(
+            layout.prepared(lang, "test"), layout.features(lang, "test"), lang, "test"
+        )
         metrics["dev"][lang] = headline(evaluate_split(best, dev[lang]))
         metrics["test"][lang] = headline(evaluate_split(best, test))
     metrics["test"]["avg"] = float(np.mean([metrics["test"][lang] for lang in langs]))

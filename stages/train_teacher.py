@@ -6,9 +6,6 @@ Reads ``data/prepared/<lang>`` and ``data/features/<lang>``; writes ``models/tea
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -37,7 +34,7 @@ def main(
         load_tagger,
         save_tagger,
     )
-    from structkd.pipeline.training import fit, write_json
+    from structkd.pipeline.training import fit, run_fingerprint, write_json
 
     params, layout = open_project(params_path)
     if lang not in params.data.languages:
@@ -64,9 +61,7 @@ def main(
     torch.manual_seed(cfg.seed)
     model = Tagger(config, labels)
     out = layout.teacher(lang)
-    fingerprint = hashlib.sha256(
-        json.dumps([asdict(cfg), labels.digest(), len(splits["train"])]).encode()
-    ).hexdigest()
+    fingerprint = run_fingerprint(cfg, labels.digest(), len(splits["train"]))
 
     def loss(batch, epoch: int) -> torch.Tensor:  # noqa: ANN001 - a data.Batch
         emissions = model.emissions(batch.features, batch.mask, batch.tokens)

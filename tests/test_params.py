@@ -34,7 +34,9 @@ def test_defaults_fill_missing_sections() -> None:
 def test_misspelled_key_is_named_with_suggestion() -> None:
     raw = _minimal()
     raw["student"] = {"temprature": 2.0}
-    with pytest.raises(ConfigError, match=r"student: unknown key 'temprature'; did you mean 'temperature'\?"):
+    with pytest.raises(
+        ConfigError, match=r"student: unknown key 'temprature'; did you mean 'temperature'\?"
+    ):
         parse_params(raw)
 
 

@@ -1,0 +1,429 @@
+"""Benchmark: student epoch time per distillation method vs the baseline, and streaming memory.
+
+Data: the training inputs of a finished project (``--project``, default the repository: its
+``data/prepared/<lang>/train``, ``data/features/<lang>/train`` and verified ``knowledge/<lang>``
+for the languages of its params.yaml) copied into a temporary directory, so the benchmark reads a
+consistent snapshot and never writes into the project. Without them, the shipped sample project
+(``data/sample``) is run up to export-teachers in the temporary directory first.
+
+Epoch time: the stage's inner loop (``stages/train_student.py`` + ``pipeline/training.fit``)
+without the dev evaluation: DistillationStream (only the method's knowledge columns) ->
+``model.emissions`` -> ``losses.student_loss`` with λ = 0.5 (gold and KD terms both computed,
+log Z shared where the method allows) -> backward -> clip -> Adam step. Student size, batch
+budget, shuffle buffer, K, temperature and mixture come from the project's ``student`` params.
+Each method trains a fresh model for ``--epochs`` epochs, ``--repeats`` times (method order
+rotated per repeat so that a load change on the shared machine hits all methods alike); the
+figure is the median epoch. Reference: the **baseline** (gold NLL only, no knowledge read), same
+run. Every stream is read once untimed first (page cache) and one baseline epoch warms torch.
+
+Memory: one subprocess per (method, scale) trains one epoch streaming the corpus 1x and 8x (each
+language's shard lists repeated 8 times) and reports its peak RSS (``ru_maxrss``).
+
+Goals (design.md §5): top-wk (K=10) and posterior <= 1.3x baseline, pos+top-wk <= 1.5x; peak
+memory with 8x the corpus <= 1.1x that with 1x.
+
+Run: ``python benchmarks/student.py`` (~5-8 min on 2 cores) or ``--repeats 1 --no-memory``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from _workload import REPO, copy_tree, link_encoders, machine, median, stopwatch
+
+from structkd.pipeline.data import shard_paths
+from structkd.pipeline.errors import StructkdError
+from structkd.pipeline.labels import LabelSet
+from structkd.pipeline.layout import open_project
+from structkd.pipeline.losses import REQUIRED_COLUMNS, gold_nll, posterior_kd, student_loss
+from structkd.pipeline.models import Tagger, TaggerConfig
+from structkd.pipeline.params import METHODS, StudentParams
+from structkd.pipeline.training import make_optimizer
+from structkd.storage.cache import KnowledgeCache
+from structkd.storage.stream import Batch, DistillationStream, LanguageShards
+
+LAMBDA = 0.5
+GOALS = {"topwk": 1.3, "posterior": 1.3, "pos+topwk": 1.5}
+PHASES = ("data", "forward", "loss", "backward", "step")
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+def snapshot(project: Path, work: Path) -> bool:
+    """Copy ``project``'s student training inputs into ``work``; False if they are incomplete."""
+    params, layout = open_project(project / "params.yaml")
+    try:
+        knowledge = {
+            lang: KnowledgeCache(layout.root / "knowledge").entry(lang).shards()
+            for lang in params.data.languages
+        }
+        for lang in params.data.languages:
+            shard_paths(layout.features(lang, "train"))
+    except StructkdError as e:
+        print(f"{project}: no usable outputs ({e})")
+        return False
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "params.yaml").write_bytes((project / "params.yaml").read_bytes())
+    target = open_project(work / "params.yaml")[1]
+    target.labels.parent.mkdir(parents=True, exist_ok=True)
+    target.labels.write_bytes(layout.labels.read_bytes())
+    for lang in knowledge:
+        copy_tree(layout.prepared(lang, "train"), target.prepared(lang, "train"))
+        copy_tree(layout.features(lang, "train"), target.features(lang, "train"))
+        copy_tree(layout.knowledge(lang), target.knowledge(lang))
+    return True
+
+
+def build_sample(work: Path) -> None:
+    """Run the shipped sample project up to export-teachers in ``work`` (the fallback)."""
+    from structkd.stages import embed, export_teachers, prepare, train_teacher
+
+    (work / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    copy_tree(REPO / "data" / "sample", work / "data" / "sample")
+    link_encoders(work)
+    params_path = work / "params.yaml"
+    prepare.main(params_path)
+    embed.main(params_path)
+    for lang in open_project(params_path)[0].data.languages:
+        train_teacher.main(lang, params_path)
+    export_teachers.main(params_path, workers=None, scheduler=None)
+
+
+def make_stream(root: Path, method: str, cfg: StudentParams, scale: int) -> DistillationStream:
+    """The stage's stream for ``method``, each language's shard lists repeated ``scale`` times."""
+    params, layout = open_project(root / "params.yaml")
+    columns = REQUIRED_COLUMNS[method]
+    sources = []
+    for lang in params.data.languages:
+        knowledge = KnowledgeCache(layout.knowledge(lang).parent).entry(lang).shards()
+        sources.append(
+            LanguageShards(
+                lang,
+                prepared=shard_paths(layout.prepared(lang, "train")) * scale,
+                features=shard_paths(layout.features(lang, "train")) * scale,
+                knowledge=knowledge * scale if columns else None,
+            )
+        )
+    return DistillationStream(
+        sources,
+        max_tokens=cfg.max_tokens,
+        knowledge_columns=columns,
+        seed=cfg.seed,
+        buffer_size=cfg.shuffle_buffer,
+    )
+
+
+# ---- training -----------------------------------------------------------------------------
+
+
+@dataclass
+class EpochTime:
+    """Seconds of one epoch, split by phase, and its size."""
+
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    batches: int = 0
+    sentences: int = 0
+
+
+class Student:
+    """A fresh student for ``method`` and the stage's loss, trained epoch by epoch."""
+
+    def __init__(self, stream: DistillationStream, method: str, cfg: StudentParams) -> None:
+        self.stream, self.method, self.cfg = stream, method, cfg
+
+    def build(self, labels: LabelSet) -> None:
+        torch.manual_seed(self.cfg.seed)
+        config = TaggerConfig(
+            feature_dim=self.stream.dim,
+            n_tags=labels.n_tags,
+            hidden=self.cfg.hidden,
+            dropout=self.cfg.dropout,
+        )
+        self.model = Tagger(config, labels)
+        self.optimizer = make_optimizer(self.model, self.cfg)
+
+    def _loss(self, emissions: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The stage's loss at λ = LAMBDA."""
+        return student_loss(
+            self.method,  # type: ignore[arg-type]
+            self.model.crf,
+            emissions,
+            batch,
+            lam=LAMBDA,
+            temperature=self.cfg.temperature,
+            mixture=self.cfg.mixture,
+        )
+
+    def epoch(self, epoch: int) -> EpochTime:
+        """One training epoch (the loop of ``training.fit``), timed phase by phase."""
+        out = EpochTime()
+        self.model.train()
+        self.stream.set_epoch(epoch)
+        began = time.perf_counter()
+        batches = iter(self.stream)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            if batch is None:
+                break
+            self.optimizer.zero_grad()
+            k = self.cfg.k
+            if batch.topk_tags is not None and batch.topk_tags.shape[1] > k:
+                batch.topk_tags = batch.topk_tags[:, :k]
+                batch.topk_scores = batch.topk_scores[:, :k]  # type: ignore[index]
+                batch.k_valid = batch.k_valid.clamp(max=k)  # type: ignore[union-attr]
+            emissions = self.model.emissions(batch.features, batch.mask)
+            t2 = time.perf_counter()
+            loss = self._loss(emissions, batch)
+            if not torch.isfinite(loss):
+                raise StructkdError(f"{self.method}: loss became {loss.item()}")
+            t3 = time.perf_counter()
+            loss.backward()
+            t4 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+            self.optimizer.step()
+            loss.item()
+            t5 = time.perf_counter()
+            for name, seconds in zip(
+                PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
+            ):
+                out.phases[name] += seconds
+            out.batches += 1
+            out.sentences += len(batch.lengths)
+        out.phases["data"] += time.perf_counter() - t0
+        out.seconds = time.perf_counter() - began
+        return out
+
+
+def task_labels(root: Path) -> LabelSet:
+    return LabelSet.load(open_project(root / "params.yaml")[1].labels)
+
+
+def time_methods(
+    root: Path, methods: list[str], cfg: StudentParams, epochs: int, repeats: int
+) -> dict[str, list[EpochTime]]:
+    """Median-ready epoch times of every method, interleaved over repeats."""
+    labels = task_labels(root)
+    students = {m: Student(make_stream(root, m, cfg, 1), m, cfg) for m in methods}
+    for student in students.values():  # warm the page cache; not timed
+        sum(1 for _ in student.stream)
+    warm = students["baseline"]
+    warm.build(labels)
+    warm.epoch(0)
+    times: dict[str, list[EpochTime]] = defaultdict(list)
+    for r in range(repeats):
+        order = methods[r % len(methods) :] + methods[: r % len(methods)]
+        for method in order:
+            student = students[method]
+            student.build(labels)
+            for e in range(epochs):
+                times[method].append(student.epoch(e))
+            print(
+                f"  repeat {r + 1}/{repeats} {method:<11} "
+                + " ".join(f"{t.seconds:.2f}s" for t in times[method][-epochs:]),
+                flush=True,
+            )
+    return times
+
+
+def posterior_breakdown(root: Path, cfg: StudentParams) -> dict[str, float]:
+    """Seconds per epoch of the CRF parts of posterior KD vs the gold NLL, on the same batches.
+
+    The student network's forward and backward are timed on their own; its emissions then become
+    a leaf, so each loss backward below covers the CRF (and KL) computation only.
+    """
+    labels = task_labels(root)
+    student = Student(make_stream(root, "posterior", cfg, 1), "posterior", cfg)
+    student.build(labels)
+    student.model.train()
+    student.stream.set_epoch(0)
+    parts = dict.fromkeys(
+        [
+            "network fwd+bwd",
+            "gold NLL fwd",
+            "gold NLL bwd",
+            "log_marginals+KL fwd",
+            "log_marginals+KL bwd",
+        ],
+        0.0,
+    )
+    for batch in student.stream:
+        t0 = time.perf_counter()
+        emissions = student.model.emissions(batch.features, batch.mask)
+        emissions.sum().backward()
+        t1 = time.perf_counter()
+        leaf = emissions.detach().requires_grad_()
+        gold = gold_nll(student.model.crf, leaf, batch.tags, batch.mask)
+        t2 = time.perf_counter()
+        gold.backward()
+        t3 = time.perf_counter()
+        teacher = batch.log_marginals
+        assert teacher is not None
+        kd = posterior_kd(student.model.crf, leaf, teacher, batch.mask, cfg.temperature)
+        t4 = time.perf_counter()
+        kd.backward()
+        t5 = time.perf_counter()
+        for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            parts[name] += seconds
+    return parts
+
+
+# ---- memory -------------------------------------------------------------------------------
+
+
+def memory_child(root: Path, method: str, scale: int) -> None:
+    """Train one epoch streaming ``scale`` x the corpus; print peak RSS as one JSON line."""
+    params = open_project(root / "params.yaml")[0]
+    student = Student(make_stream(root, method, params.student, scale), method, params.student)
+    student.build(task_labels(root))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = student.epoch(0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "scale": scale,
+                "before_mb": before,
+                "peak_mb": peak,
+                "sentences": result.sentences,
+                "seconds": result.seconds,
+                "pool": student.stream.peak_pool_sentences,
+            }
+        )
+    )
+
+
+def measure_memory(root: Path, methods: list[str], scales: tuple[int, ...]) -> list[dict]:
+    rows = []
+    for method in methods:
+        for scale in scales:
+            done = subprocess.run(
+                [sys.executable, __file__, "--memory-child", str(root), method, str(scale)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  memory {method} {scale}x: {rows[-1]['peak_mb']:.0f} MB", flush=True)
+    return rows
+
+
+# ---- report -------------------------------------------------------------------------------
+
+
+def report(
+    times: dict[str, list[EpochTime]],
+    breakdown: dict[str, float] | None,
+    memory: list[dict],
+    cfg: StudentParams,
+) -> None:
+    base = median([t.seconds for t in times["baseline"]])
+    first = times["baseline"][0]
+    print(
+        f"\nstudent epoch: {first.sentences} sentences, {first.batches} batches, hidden "
+        f"{cfg.hidden}, max_tokens {cfg.max_tokens}, K={cfg.k}, λ={LAMBDA}"
+    )
+    print(f"machine: {machine()}")
+    head = "".join(f"{p:>9}" for p in PHASES)
+    print(f"\n{'method':<12}{'epoch s':>9}{'sent/s':>8}{'vs base':>9}{'goal':>7}{head}")
+    verdicts = []
+    for method, epochs in times.items():
+        seconds = median([t.seconds for t in epochs])
+        ratio = seconds / base
+        goal = GOALS.get(method)
+        phases = "".join(f"{median([t.phases[p] for t in epochs]):>9.2f}" for p in PHASES)
+        name = "baseline (ref)" if method == "baseline" else method
+        mark = f"<={goal}" if goal else ""
+        print(
+            f"{name:<12}{seconds:>9.2f}{epochs[0].sentences / seconds:>8.0f}"
+            f"{ratio:>8.2f}x{mark:>7}{phases}"
+        )
+        if goal:
+            verdicts.append(
+                f"{method} {ratio:.2f}x (<= {goal}x) {'MET' if ratio <= goal else 'MISSED'}"
+            )
+    print("phases: median seconds per epoch (data = waiting for the stream)")
+    if breakdown:
+        print("\nposterior KD, CRF part (seconds per epoch; network timed separately):")
+        for name, seconds in breakdown.items():
+            print(f"  {name:<24}{seconds:>7.2f}")
+        crf = breakdown["log_marginals+KL fwd"] + breakdown["log_marginals+KL bwd"]
+        gold = breakdown["gold NLL fwd"] + breakdown["gold NLL bwd"]
+        print(f"  log_marginals+KL / gold NLL: {crf / gold:.2f}x")
+    if memory:
+        print(f"\npeak RSS (one training epoch, buffer {cfg.shuffle_buffer} sentences):")
+        by = {(row["method"], row["scale"]): row for row in memory}
+        for method in dict.fromkeys(row["method"] for row in memory):
+            one, eight = by[method, 1], by[method, max(s for m, s in by if m == method)]
+            ratio = eight["peak_mb"] / one["peak_mb"]
+            print(
+                f"  {method:<11} 1x {one['peak_mb']:6.0f} MB ({one['sentences']} sent)   "
+                f"{eight['scale']}x {eight['peak_mb']:6.0f} MB ({eight['sentences']} sent)   "
+                f"ratio {ratio:.3f}"
+            )
+            verdicts.append(
+                f"memory {method} 8x/1x {ratio:.3f} (<= 1.1) {'MET' if ratio <= 1.1 else 'MISSED'}"
+            )
+    print("\ngoals: " + "; ".join(verdicts))
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--memory-child":
+        memory_child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=REPO,
+        help="finished project to read (copied; default: the repository)",
+    )
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--memory-methods",
+        nargs="+",
+        default=["baseline", "pos+topwk", "structural"],
+        choices=METHODS,
+    )
+    parser.add_argument("--scale", type=int, default=8, help="corpus replication for memory")
+    parser.add_argument("--no-memory", action="store_true")
+    args = parser.parse_args()
+    methods = ["baseline", *[m for m in args.methods if m != "baseline"]]
+
+    with tempfile.TemporaryDirectory(prefix="structkd-student-") as temp:
+        root = Path(temp)
+        with stopwatch() as t:
+            if not snapshot(args.project, root):
+                print("building the sample project up to export-teachers (several minutes)")
+                build_sample(root)
+        print(
+            f"data ready in {t[0]:.1f} s; timing {len(methods)} methods x {args.repeats} "
+            f"repeats x {args.epochs} epochs"
+        )
+        cfg = open_project(root / "params.yaml")[0].student
+        times = time_methods(root, methods, cfg, args.epochs, args.repeats)
+        breakdown = posterior_breakdown(root, cfg) if "posterior" in methods else None
+        memory = (
+            [] if args.no_memory else measure_memory(root, args.memory_methods, (1, args.scale))
+        )
+        report(times, breakdown, memory, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""A tiny structkd project in a temporary folder, for the bad-input and fault tests.
+
+Real CoNLL-U slices of the shipped sample (``data/sample``) for two teacher languages, the tiny
+random BERT of ``conftest`` as the encoder and tiny teachers/students, so each stage takes
+seconds. :func:`run_stages` builds the artefacts once; tests copy the folder and break the copy.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from structkd.pipeline.cli import app
+from structkd.storage.manifest import ShardRecord, read_manifest, write_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+LANGS = ("en", "de")
+SIZES = {"train": 48, "dev": 12, "test": 12}
+SHARD_SIZE = 8
+UPOS = [
+    "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
+    "PUNCT", "SCONJ", "SYM", "VERB", "X",
+]  # fmt: skip
+
+
+def slice_conllu(source: Path, target: Path, n: int) -> None:
+    """Copy the first ``n`` sentences of a CoNLL-U file (comments and all) to ``target``."""
+    blocks = [b for b in source.read_text("utf-8").split("\n\n") if b.strip()][:n]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n\n".join(b.strip("\n") for b in blocks) + "\n\n", "utf-8")
+
+
+def params_dict(encoder_dir: Path) -> dict[str, Any]:
+    """params.yaml content: corpora under ``corpora/<lang>/<split>.conllu``, tiny models."""
+    train = {"max_tokens": 300, "max_epochs": 2, "patience": 5, "lr": 0.01, "seed": 7}
+    languages = {
+        lang: {"format": "conllu", "scheme": "none"}
+        | {split: f"corpora/{lang}/{split}.conllu" for split in SIZES}
+        for lang in LANGS
+    }
+    return {
+        "data": {"task": "upos", "labels": list(UPOS), "languages": languages},
+        "prepare": {"shard_size": SHARD_SIZE},
+        "embed": {
+            "encoder": str(encoder_dir),
+            "layer": -1,
+            "window": 64,
+            "batch_size": 16,
+            "dtype": "float32",
+        },
+        "teacher": train
+        | {
+            "hidden": 8,
+            "dropout": 0.0,
+            "word_dim": 4,
+            "char_dim": 4,
+            "char_hidden": 4,
+        },
+        "export": {"k": 3, "edge_marginals": True, "workers": 1},
+        "student": train
+        | {
+            "methods": ["posterior"],
+            "hidden": 8,
+            "dropout": 0.1,
+            "k": 3,
+            "shuffle_buffer": 20,
+        },
+    }
+
+
+def write_params(path: Path, params: dict[str, Any]) -> Path:
+    """Write ``params`` as YAML to ``path``; returns ``path``."""
+    path.write_text(yaml.safe_dump(params, sort_keys=False), "utf-8")
+    return path
+
+
+def build_project(root: Path, encoder_dir: Path) -> Path:
+    """Write the corpus slices and params.yaml under ``root``; returns the params.yaml path."""
+    for lang in LANGS:
+        for split, n in SIZES.items():
+            slice_conllu(
+                SAMPLE / lang / f"{split}.conllu", root / f"corpora/{lang}/{split}.conllu", n
+            )
+    return write_params(root / "params.yaml", params_dict(encoder_dir))
+
+
+def cli(params: Path, *args: str) -> str:
+    """Run ``structkd ARGS --params PARAMS`` in-process; fails the test unless it exits 0."""
+    result = CliRunner().invoke(app, [*args, "--params", str(params)])
+    if result.exit_code != 0:
+        command = " ".join(args)
+        raise AssertionError(
+            f"structkd {command} exited {result.exit_code}:\n{result.output}\n{result.exception!r}"
+        )
+    return result.output
+
+
+def cli_error(params: Path, *args: str) -> str:
+    """Run ``structkd ARGS --params PARAMS`` in-process expecting a user error.
+
+    Returns the one line the user sees, after checking: exit status 1, no traceback, exactly one
+    ``Error:`` line and nothing else on stderr.
+    """
+    result = CliRunner().invoke(app, [*args, "--params", str(params)])
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def run_stages(params: Path, stages: Sequence[Sequence[str]]) -> None:
+    """Run several stages in order (each a CLI argument list after ``stage``)."""
+    for args in stages:
+        cli(params, "stage", *args)
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under ``directory``: relative path -> (inode, mtime in ns, bytes); empty if
+    the folder does not exist. Equal snapshots mean nothing was rewritten, not even identically."""
+    if not directory.exists():
+        return {}
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return {
+        str(p.relative_to(directory)): (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+        for p in files
+    }
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """True when two folders hold the same file names with the same bytes."""
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    return not mismatch and not errors and all(same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+_BASE: dict[str, Path] = {}
+
+
+def base_project(tmp_path_factory: pytest.TempPathFactory, encoder_dir: Path) -> Path:
+    """A project where prepare, embed, both teachers and export-teachers have run (once per test
+    session, shared by the test modules; copy it with :func:`copy_project` before changing it)."""
+    if "root" not in _BASE:
+        root = tmp_path_factory.mktemp("robust_base")
+        params = build_project(root, encoder_dir)
+        teachers = [["train-teacher", lang] for lang in LANGS]
+        run_stages(
+            params, [["prepare"], ["embed"], *teachers, ["export-teachers", "--workers", "1"]]
+        )
+        _BASE["root"] = root
+    return _BASE["root"]
+
+
+def rewrite_parquet(path: Path, table: pa.Table) -> None:
+    """Overwrite a shard with ``table`` (its schema metadata kept), bypassing every check."""
+    pq.write_table(table, path)
+
+
+def rerecord(shard: Path) -> None:
+    """Make the manifest of ``shard``'s folder list the shard's current bytes (a consistent lie)."""
+    manifest = read_manifest(shard.parent)
+    assert manifest is not None
+    manifest.shards = [
+        ShardRecord.of_file(shard) if r.name == shard.name else r for r in manifest.shards
+    ]
+    write_manifest(shard.parent, manifest)
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """Copy a built project (outputs included); returns the copy's params.yaml."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock"))
+    return target / "params.yaml"
+
+
+def spawn(params: Path, *args: str) -> subprocess.Popen[str]:
+    """Start ``structkd ARGS --params PARAMS`` as a separate process (killable for fault tests)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    code = "from structkd.pipeline.cli import main; main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args, "--params", str(params)],
+        cwd=params.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

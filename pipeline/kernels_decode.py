@@ -7,9 +7,9 @@ No validation here (see ``structkd.pipeline.crf_kernels``): C-contiguous float64
 Tie rule (both decoders, so k-best rank 0 is always the Viterbi path, bit for bit): paths are
 ordered by score, descending; equal scores are ordered by the *reversed* tag sequence
 (last tag first), smaller first. Viterbi keeps the smallest previous tag among equal
-candidates and the smallest final tag; list Viterbi visits candidates (previous tag, rank)
-in ascending order and inserts each after the equal scores already kept. This order is
-preserved when a common suffix is appended, which is what makes the list Viterbi exact.
+candidates and the smallest final tag; list Viterbi merges the candidates (previous tag i,
+rank r) taking the best score first and, among equal scores, the smallest (i, r). This order
+is preserved when a common suffix is appended, which is what makes the list Viterbi exact.
 
 List Viterbi (Seshadri & Sundberg 1994): for every token t and tag j keep the k best partial
 paths ending in j, as (score, previous tag, previous rank) sorted in the order above. Each
@@ -84,35 +84,34 @@ def viterbi_kernel(em, offsets, chunks, trans, start, end, tags, best) -> None:
 
 
 @njit(cache=True)
-def _insert(delta, cur, j, bp_tag, bp_rank, t, count, k, s, tag, rank) -> int:
-    """Insert candidate (s, tag, rank) into the sorted top-k list of (t, j); return the count.
-
-    The list is ``delta[cur, j]`` with back-pointers ``bp_tag[t, j]``, ``bp_rank[t, j]``
-    (indexed, not sliced: numba reference-counts every view). Candidates arrive in ascending
-    (tag, rank), so placing ``s`` after equal scores keeps the tie rule. The caller has checked
-    that ``s`` beats the k-th entry when the list is full.
-    """
-    p = count if count < k else k - 1
-    while p > 0 and delta[cur, j, p - 1] < s:
-        delta[cur, j, p] = delta[cur, j, p - 1]
-        bp_tag[t, j, p] = bp_tag[t, j, p - 1]
-        bp_rank[t, j, p] = bp_rank[t, j, p - 1]
-        p -= 1
-    delta[cur, j, p] = s
-    bp_tag[t, j, p] = tag
-    bp_rank[t, j, p] = rank
-    return count + 1 if count < k else k
-
-
-@njit(cache=True)
 def _kbest_sentence(
-    em, lo, hi, trans, start, end, k, delta, cnt, bp_tag, bp_rank, fin, out_tags, out_scores
+    em,
+    lo,
+    hi,
+    trans,
+    start,
+    end,
+    k,
+    delta,
+    cnt,
+    bp_tag,
+    bp_rank,
+    heads,
+    ptr,
+    fin,
+    out_tags,
+    out_scores,
 ) -> int:
     """k best paths of rows lo:hi; returns k_valid.
 
     Scratch: ``delta`` (2, L, k) rolling partial scores, ``cnt`` (2, L) their counts,
-    ``bp_tag``/``bp_rank`` (>= n, L, k) back-pointers, ``fin`` (3, k) final merge buffer.
-    Writes ``out_tags`` (k * n,) path-major and ``out_scores`` (k,).
+    ``bp_tag``/``bp_rank`` (>= n, L, k) back-pointers, ``heads`` (L,) and ``ptr`` (L,) for the
+    merge, ``fin`` (3, k) final merge buffer. Writes ``out_tags`` (k * n,) path-major and
+    ``out_scores`` (k,).
+
+    The k best partial paths ending in (t, j) are a k-way merge of the L sorted lists
+    ``delta[t-1, i, :] + trans[i, j]``: each step takes the largest list head, the first
+    (smallest i) on ties, so candidates come out in the tie order without any sorting.
     """
     n_tags = em.shape[1]
     n = hi - lo
@@ -124,21 +123,28 @@ def _kbest_sentence(
         cur = t & 1
         prev = 1 - cur
         for j in range(n_tags):
-            c = 0
-            for i in range(n_tags):
-                tr = trans[i, j]
-                if tr == -np.inf:
-                    continue
-                for r in range(cnt[prev, i]):
-                    s = delta[prev, i, r] + tr
-                    if c == k and not s > delta[cur, j, k - 1]:
-                        break  # the rest of list i is no better and comes later in the tie order
-                    c = _insert(delta, cur, j, bp_tag, bp_rank, t, c, k, s, i, r)
             e = em[lo + t, j]
-            if e == -np.inf:
-                c = 0
-            for r in range(c):
-                delta[cur, j, r] += e
+            for i in range(n_tags):
+                ptr[i] = 0
+                heads[i] = delta[prev, i, 0] + trans[i, j] if cnt[prev, i] > 0 else -np.inf
+            c = 0
+            while c < k and e > -np.inf:
+                best = -np.inf
+                arg = -1
+                for i in range(n_tags):
+                    if heads[i] > best:
+                        best = heads[i]
+                        arg = i
+                if arg < 0:
+                    break
+                r = ptr[arg]
+                delta[cur, j, c] = best + e
+                bp_tag[t, j, c] = arg
+                bp_rank[t, j, c] = r
+                c += 1
+                r += 1
+                ptr[arg] = r
+                heads[arg] = delta[prev, arg, r] + trans[arg, j] if r < cnt[prev, arg] else -np.inf
             cnt[cur, j] = c
     last = (n - 1) & 1
     fs = fin[0]
@@ -202,6 +208,8 @@ def kbest_kernel(em, offsets, chunks, trans, start, end, k, tags, scores, k_vali
         cnt = np.empty((2, n_tags), dtype=np.int64)
         bp_tag = np.empty((max_len, n_tags, k), dtype=np.int32)
         bp_rank = np.empty((max_len, n_tags, k), dtype=np.int32)
+        heads = np.empty(n_tags)
+        ptr = np.empty(n_tags, dtype=np.int64)
         fin = np.empty((3, k))
         for b in range(b0, b1):
             lo = offsets[b]
@@ -218,6 +226,8 @@ def kbest_kernel(em, offsets, chunks, trans, start, end, k, tags, scores, k_vali
                 cnt,
                 bp_tag,
                 bp_rank,
+                heads,
+                ptr,
                 fin,
                 tags[k * lo : k * hi],
                 scores[b],

@@ -26,7 +26,12 @@ METHODS: tuple[str, ...] = get_args(Method)
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    """Where one language's splits live and how to read them."""
+    """Where one language's splits live and how to read them.
+
+    ``dev_split`` holds out that fraction of the training sentences (the last ones) as the dev
+    set when the corpus has none (SemEval, as the paper did); ``train_limit`` keeps that many
+    training sentences, evenly spaced through the file, for experiments on a budget.
+    """
 
     format: Format
     scheme: Scheme
@@ -35,10 +40,13 @@ class CorpusSpec:
     test: str | None = None
     token_column: int = 0
     tag_column: int = -1
+    dev_split: float = 0.0
+    train_limit: int | None = None
 
     def splits(self) -> dict[str, str]:
-        """The configured splits, in train/dev/test order."""
-        found = {"train": self.train, "dev": self.dev, "test": self.test}
+        """The splits and the file each is read from (a held-out dev names the train file)."""
+        dev = self.dev if self.dev is not None or not self.dev_split else self.train
+        found = {"train": self.train, "dev": dev, "test": self.test}
         return {name: path for name, path in found.items() if path is not None}
 
 
@@ -213,7 +221,11 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             "(data.languages and data.zero_shot)"
         )
     for lang, spec in params.data.languages.items():
-        missing = [s for s in ("train", "dev", "test") if getattr(spec, s) is None]
+        if spec.dev is not None and spec.dev_split:
+            raise ConfigError(f"{source}: data.languages.{lang} has both dev and dev_split")
+        if not 0.0 <= spec.dev_split < 1.0:
+            raise ConfigError(f"{source}: data.languages.{lang}.dev_split must be in [0, 1)")
+        missing = [s for s in ("train", "dev", "test") if s not in spec.splits()]
         if missing:
             raise ConfigError(f"{source}: data.languages.{lang} has no {missing[0]} split")
     for lang, spec in params.data.zero_shot.items():

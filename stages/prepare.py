@@ -12,6 +12,18 @@ from pathlib import Path
 import typer
 
 from structkd.pipeline.layout import ParamsPath, open_project
+from structkd.pipeline.params import CorpusSpec
+
+
+def select(sentences: list, split: str, spec: CorpusSpec) -> list:
+    """Apply ``dev_split`` (dev = the last fraction of train) and ``train_limit`` (even spread)."""
+    if spec.dev_split and split in ("train", "dev"):
+        cut = len(sentences) - max(1, round(spec.dev_split * len(sentences)))
+        sentences = sentences[:cut] if split == "train" else sentences[cut:]
+    if split == "train" and spec.train_limit and spec.train_limit < len(sentences):
+        n, k = len(sentences), spec.train_limit
+        sentences = [sentences[j * n // k] for j in range(k)]
+    return sentences
 
 
 def main(params_path: ParamsPath = Path("params.yaml")) -> None:
@@ -38,6 +50,7 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
                 path, format=spec.format, token_column=spec.token_column, tag_column=spec.tag_column
             )
             validate_sentences(sentences, spec.scheme, path)
+            sentences = select(sentences, split, spec)
             if span:
                 tags = [to_bioes(s.tags, spec.scheme, where=f"{path}:{s.line}") for s in sentences]
             else:

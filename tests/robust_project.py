@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,19 +109,22 @@ def cli(params: Path, *args: str) -> str:
     return result.output
 
 
-def cli_error(params: Path, *args: str) -> str:
-    """Run ``structkd ARGS --params PARAMS`` in-process expecting a user error.
+def error_line(output: str) -> str:
+    """The one line of ``output`` that reports an error, after checking it is the only one, it
+    starts with ``Error:`` and nothing looks like a traceback (progress bars may surround it)."""
+    assert "Traceback" not in output and "Exception" not in output, output
+    errors = [line for line in re.split(r"[\r\n]+", output) if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("Error: "), output
+    return errors[0]
 
-    Returns the one line the user sees, after checking: exit status 1, no traceback, exactly one
-    ``Error:`` line and nothing else on stderr.
-    """
+
+def cli_error(params: Path, *args: str) -> str:
+    """Run ``structkd ARGS --params PARAMS`` in-process expecting a user error (exit status 1,
+    no exception escaping the CLI); returns the :func:`error_line`."""
     result = CliRunner().invoke(app, [*args, "--params", str(params)])
     assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
+    return error_line(result.output)  # stdout and stderr, as the user sees them
 
 
 def run_stages(params: Path, stages: Sequence[Sequence[str]]) -> None:
@@ -199,4 +203,5 @@ def spawn(params: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group: dask workers die with it on SIGKILL
     )

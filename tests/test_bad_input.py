@@ -22,6 +22,7 @@ from robust_project import (
     base_project,
     cli_error,
     copy_project,
+    error_line,
     rerecord,
     rewrite_parquet,
     snapshot,
@@ -261,10 +262,7 @@ def export_fails(params: Path) -> str:
     process = spawn(params, "stage", "export-teachers", "--workers", "1")
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 1, output
-    assert "Traceback" not in output and "Exception" not in output, output
-    errors = [line for line in re.split(r"[\r\n]+", output) if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].startswith("Error: "), output
-    return errors[0]
+    return error_line(output)
 
 
 def knowledge_not_served(params: Path, lang: str, shard: str) -> None:

@@ -73,3 +73,23 @@ def test_missing_split_and_missing_file(tmp_path: Path) -> None:
         parse_params(raw)
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_dev_split_and_train_limit() -> None:
+    from structkd.stages.prepare import select
+
+    raw = _minimal()
+    spec = raw["data"]["languages"]["en"]
+    del spec["dev"]
+    spec.update(dev_split=0.1, train_limit=30)
+    params = parse_params(raw)
+    corpus = params.data.languages["en"]
+    assert corpus.splits() == {"train": "a", "dev": "a", "test": "c"}
+    sentences = list(range(100))
+    dev, train = select(sentences, "dev", corpus), select(sentences, "train", corpus)
+    assert dev == list(range(90, 100))
+    assert len(train) == 30 and train[0] == 0 and max(train) < 90
+    assert select(sentences, "test", corpus) == sentences
+    spec["dev"] = "b"
+    with pytest.raises(ConfigError, match="has both dev and dev_split"):
+        parse_params(raw)

@@ -94,7 +94,9 @@ def build_project(root: Path, encoder_dir: Path, methods: Sequence[str] = METHOD
     """Write the sliced corpora and params.yaml under ``root``; returns the params.yaml path."""
     for lang in TEACHERS:
         for split, n in SPLIT_SIZES.items():
-            slice_conllu(SAMPLE / lang / f"{split}.conllu", root / f"data/sample/{lang}/{split}.conllu", n)
+            slice_conllu(
+                SAMPLE / lang / f"{split}.conllu", root / f"data/sample/{lang}/{split}.conllu", n
+            )
     for lang in ZERO_SHOT:
         slice_conllu(SAMPLE / lang / "test.conllu", root / f"data/sample/{lang}/test.conllu", 20)
     params = root / "params.yaml"

@@ -149,10 +149,7 @@ def test_emissions_are_the_teachers(project: Project) -> None:
             "train",
         )
         stored = np.concatenate(
-            [
-                load_shard(p)[1].emissions
-                for p in shard_paths(knowledge_dir(project.root, lang))
-            ]
+            [load_shard(p)[1].emissions for p in shard_paths(knowledge_dir(project.root, lang))]
         )
         offsets = np.concatenate([[0], np.cumsum([len(t) for t in split.tokens])])
         assert stored.shape == (offsets[-1], len(teacher.labels.labels))
@@ -382,11 +379,15 @@ def test_two_dask_workers_equal_one(project: Project, tmp_path: Path) -> None:
     out = cli("stage", "export-teachers", "--workers", "2", "--params", str(params))
     for lang in TEACHERS:
         assert f"knowledge {lang}: computing 3 of 3 shards" in out
-        one, two = tables(knowledge_dir(project.root, lang)), tables(knowledge_dir(params.parent, lang))
+        one, two = (
+            tables(knowledge_dir(project.root, lang)),
+            tables(knowledge_dir(params.parent, lang)),
+        )
         assert one.keys() == two.keys()
         for name in one:
             assert one[name].equals(two[name]), f"{lang}/{name}: 2 workers differ from 1"
             assert one[name].schema.metadata == two[name].schema.metadata
-        assert read_manifest(knowledge_dir(params.parent, lang)).key == read_manifest(
-            knowledge_dir(project.root, lang)
-        ).key
+        assert (
+            read_manifest(knowledge_dir(params.parent, lang)).key
+            == read_manifest(knowledge_dir(project.root, lang)).key
+        )

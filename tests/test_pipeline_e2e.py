@@ -1,0 +1,257 @@
+"""The whole pipeline by hand on a tiny real project: every stage's outputs, predict, resume.
+
+The project (tests/e2e_project.py) is built once per session: prepare, embed, train-teacher en
+and de, export-teachers (twice), train-student for four methods, evaluate. Tests that change it
+work on a copy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from e2e_project import (
+    METHODS,
+    SPLIT_SIZES,
+    TEACHERS,
+    UPOS,
+    ZERO_SHOT,
+    Project,
+    cli,
+    cli_error,
+    copy_project,
+    one_torch_thread,
+    shared_project,
+)
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from structkd.pipeline import training
+from structkd.pipeline.cli import app
+from structkd.pipeline.corpus import read_conllu
+from structkd.pipeline.data import load_split, shard_paths
+from structkd.pipeline.errors import StructkdError
+from structkd.pipeline.evaluation import predict_split
+from structkd.pipeline.labels import LabelSet
+from structkd.pipeline.models import load_tagger
+from structkd.pipeline.predictor import Predictor
+from structkd.storage.manifest import verify
+from structkd.storage.shards import read_shard
+
+pytestmark = pytest.mark.slow
+MODEL_FILES = {"config.json", "model.safetensors", "labels.json", "checkpoint.pt", "history.csv"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Project:
+    return shared_project(tmp_path_factory.getbasetemp() / "e2e-project", tiny_encoder_dir)
+
+
+def history(model_dir: Path) -> list[dict[str, str]]:
+    with (model_dir / "history.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_prepare_and_embed(project: Project) -> None:
+    root = project.root
+    assert LabelSet.load(root / "data" / "prepared" / "labels.json").labels == tuple(UPOS)
+    splits = [(lang, s) for lang in TEACHERS for s in SPLIT_SIZES] + [
+        (z, "test") for z in ZERO_SHOT
+    ]
+    for lang, split in splits:
+        source = read_conllu(root / "data" / "sample" / lang / f"{split}.conllu")
+        prepared = shard_paths(root / "data" / "prepared" / lang / split)
+        assert len(prepared) == -(-len(source) // 25)  # shards of prepare.shard_size sentences
+        tables = [read_shard(p, expect_table="prepared") for p in prepared]
+        tokens = [t for table in tables for t in table.column("tokens").to_pylist()]
+        assert tokens == [list(s.tokens) for s in source]
+        assert f"prepared {lang}/{split}: {len(source)} sentences" in project.logs["prepare"]
+        features = root / "data" / "features" / lang / split
+        assert verify(features) == []
+        loaded = load_split(root / "data" / "prepared" / lang / split, features, lang, split)
+        assert [f.shape for f in loaded.features] == [(len(s), 32) for s in source]
+        assert all(np.isfinite(f).all() and np.abs(f).sum() > 0 for f in loaded.features)
+    again = cli("stage", "embed", "--params", str(project.params))
+    assert again.count("up to date (cached)") == len(splits)
+
+
+def test_teachers(project: Project) -> None:
+    for lang in TEACHERS:
+        directory = project.root / "models" / "teachers" / lang
+        assert MODEL_FILES | {"metrics.json"} <= {p.name for p in directory.iterdir()}
+        assert load_tagger(directory).config.has_lexicon  # own word and character embeddings
+        assert [row["epoch"] for row in history(directory)] == ["0", "1"]
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert metrics["lang"] == lang and 0 <= metrics["test"]["accuracy"] <= 100
+        assert f"teacher {lang}: dev" in project.logs[f"train-teacher {lang}"]
+
+
+def test_students(project: Project) -> None:
+    weights = {}
+    for method in METHODS:
+        directory = project.root / "models" / "students" / method
+        assert MODEL_FILES | {"metrics.json"} <= {p.name for p in directory.iterdir()}
+        model = load_tagger(directory)
+        assert not model.config.has_lexicon and model.config.extra["method"] == method
+        rows = history(directory)
+        assert [row["epoch"] for row in rows] == ["0", "1"]
+        kd = [float(row["kd_weight"]) for row in rows]
+        assert kd == ([0.0, 0.0] if method == "baseline" else [1.0, 0.95])  # λ -5% per epoch
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert metrics["method"] == method and set(metrics["test"]) == {*TEACHERS, "avg"}
+        weights[method] = load_file(str(directory / "model.safetensors"))
+    for method in METHODS[1:]:  # the teachers' knowledge changed what each student learned
+        assert not torch.equal(
+            weights[method]["emission.weight"], weights["baseline"]["emission.weight"]
+        )
+
+
+def test_evaluate(project: Project) -> None:
+    root = project.root
+    scores = json.loads((root / "metrics" / "scores.json").read_text())
+    assert list(scores) == ["Teachers", *METHODS]
+    columns = {*TEACHERS, *ZERO_SHOT, "avg", "zero_shot_avg"}
+    for model, row in scores.items():
+        assert set(row) == columns and all(0 <= v <= 100 for v in row.values())
+        assert row["avg"] == pytest.approx(np.mean([row[lang] for lang in TEACHERS]))
+    for lang in TEACHERS:  # the same numbers as each stage's own metrics.json
+        teacher = json.loads((root / "models" / "teachers" / lang / "metrics.json").read_text())
+        assert scores["Teachers"][lang] == pytest.approx(teacher["test"]["accuracy"])
+        for method in METHODS:
+            student = json.loads(
+                (root / "models" / "students" / method / "metrics.json").read_text()
+            )
+            assert scores[method][lang] == pytest.approx(student["test"][lang])
+    with (root / "plots" / "per_language.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["model"], r["lang"]) for r in rows} == {(m, c) for m in scores for c in columns}
+    assert all(
+        float(r["score"]) == pytest.approx(scores[r["model"]][r["lang"]], abs=1e-4) for r in rows
+    )
+    report = (root / "reports" / "results.md").read_text()
+    assert report.startswith("# Results: upos")
+    assert "| model | en | de | Avg. | fr | zero-shot Avg. |" in report
+    for model in scores:
+        assert f"| {model} | " in report
+    assert (root / "reports" / "per_language.png").stat().st_size > 0
+
+
+def test_predict_command(project: Project, tmp_path: Path) -> None:
+    model = project.root / "models" / "students" / "posterior"
+    text = tmp_path / "input.txt"
+    text.write_text("The cat sat on the mat .\nDer Hund schläft .\n", "utf-8")
+    blocks = cli("predict", "--model", str(model), str(text)).strip("\n").split("\n\n")
+    assert [[line.split("\t")[0] for line in b.splitlines()] for b in blocks] == [
+        "The cat sat on the mat .".split(),
+        "Der Hund schläft .".split(),
+    ]
+    assert all(line.split("\t")[1] in UPOS for b in blocks for line in b.splitlines())
+
+    conllu = project.root / "data" / "sample" / "fr" / "test.conllu"
+    out = cli("predict", "--model", str(model), str(conllu))
+    tagged = [[line.split("\t") for line in b.splitlines()] for b in out.strip("\n").split("\n\n")]
+    assert [[t for t, _ in s] for s in tagged] == [list(s.tokens) for s in read_conllu(conllu)]
+    assert all(len(pair) == 2 and pair[1] in UPOS for s in tagged for pair in s)
+
+
+def test_predictor_api(project: Project) -> None:
+    root = project.root
+    sentences = [["The", "cat", "sat", "."], ["Der", "Hund", "schläft", "."], ["Hi"]]
+    for directory in (root / "models" / "students" / "topwk", root / "models" / "teachers" / "de"):
+        predictor = Predictor.load(directory)
+        tags = predictor.tag(sentences)
+        assert [len(t) for t in tags] == [4, 4, 1]
+        assert all(tag in UPOS for sentence in tags for tag in sentence)
+        with pytest.raises(StructkdError, match="sentence 1 is empty"):
+            predictor.tag([["a"], []])
+    # the predictor rebuilds the features the model was trained on (stored as float16)
+    test = load_split(
+        root / "data" / "prepared" / "de" / "test",
+        root / "data" / "features" / "de" / "test",
+        "de",
+        "test",
+    )
+    predictor = Predictor.load(root / "models" / "students" / "topwk")
+    fresh = predictor.encoder.encode(test.tokens)
+    for mine, stored in zip(fresh, test.features, strict=True):
+        np.testing.assert_allclose(mine, stored.astype(np.float32), rtol=2e-3, atol=2e-3)
+    stored_tags = [predictor.model.labels.decode(p) for p in predict_split(predictor.model, test)]
+    same = sum(
+        a == b
+        for s, t in zip(predictor.tag(test.tokens), stored_tags, strict=True)
+        for a, b in zip(s, t, strict=True)
+    )
+    assert same / sum(len(s) for s in test.tokens) > 0.95
+
+
+def test_stage_errors_are_one_line(project: Project) -> None:
+    error = cli_error("stage", "train-teacher", "fr", "--params", str(project.params))
+    assert error == f"Error: {project.params}: 'fr' is not a teacher language (have: en, de)\n"
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+def interrupt_before_checkpoint(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Kill the run (Ctrl-C) at the end of ``epoch``, after the best model was saved but before
+    its checkpoint was written: the worst moment, the model directory is ahead of the checkpoint."""
+    save = training._save_checkpoint
+
+    def save_or_die(path: Path, state: dict) -> None:
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+        save(path, state)
+
+    monkeypatch.setattr(training, "_save_checkpoint", save_or_die)
+
+
+@pytest.mark.parametrize("stage", [["train-teacher", "en"], ["train-student", "posterior"]])
+def test_resume_ends_with_the_same_weights(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: list[str]
+) -> None:
+    """A run interrupted after epoch 0 and resumed equals a run never interrupted (2 epochs).
+
+    (Not by "max_epochs 1, then --resume with max_epochs 3": max_epochs is part of the run's
+    fingerprint, so such a resume is refused as "written with other settings".)
+    """
+    kind = "teachers" if stage[0] == "train-teacher" else "students"
+    runs = {}
+    for name in ("straight", "resumed"):
+        params = copy_project(project.root, tmp_path / name)
+        out_dir = params.parent / "models" / kind / stage[1]
+        for path in out_dir.iterdir():
+            path.unlink()
+        if name == "resumed":
+            with monkeypatch.context() as patch:
+                interrupt_before_checkpoint(patch, epoch=1)
+                result = CliRunner().invoke(app, ["stage", *stage, "--params", str(params)])
+            assert result.exit_code == 1 and "Aborted" in result.output
+            assert torch.load(out_dir / "checkpoint.pt", weights_only=False)["epoch"] == 0
+            out = cli("stage", *stage, "--params", str(params), "--resume")
+            assert "resuming after epoch 0" in out
+        else:
+            cli("stage", *stage, "--params", str(params))
+        checkpoint = torch.load(out_dir / "checkpoint.pt", weights_only=False)
+        runs[name] = (
+            checkpoint["model"],
+            load_file(str(out_dir / "model.safetensors")),
+            [{k: v for k, v in row.items() if k != "seconds"} for row in history(out_dir)],
+            json.loads((out_dir / "metrics.json").read_text()),
+        )
+    (last_a, best_a, hist_a, metrics_a), (last_b, best_b, hist_b, metrics_b) = runs.values()
+    assert last_a.keys() == last_b.keys() and best_a.keys() == best_b.keys()
+    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    assert hist_a == hist_b and len(hist_a) == 2
+    assert metrics_a == metrics_b

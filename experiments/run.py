@@ -199,7 +199,8 @@ def render(task: str, result: dict) -> list[str]:
         f"![{task} per language](figures/{task}_per_language.png)",
         "",
         f"Wall time on 2 CPU cores: {total / 60:.0f} min in all (prepare, embed, teachers and "
-        f"export {upstream / 60:.1f} min). Command: `python experiments/run.py {task} --seeds 1 2 3`;"
+        f"export {upstream / 60:.1f} min). "
+        f"Command: `python experiments/run.py {task} --seeds 1 2 3`;"
         f" params: `experiments/{task}.yaml`.",
         "",
     ]

@@ -17,7 +17,9 @@ marginals and decoding, while every intermediate stays finite: ``logsumexp`` ove
 entries (unreachable states, 1-token sentences) has finite gradients instead of NaN, and
 ``0 * NEG = 0`` where ``0 * -inf`` would be NaN. Computation runs in the promoted dtype of the
 emissions and parameters, at least float32 (``NEG`` is finite there, not in float16). The
-numpy kernels (``crf_kernels``) use true ``-inf``; ``numpy_params`` converts.
+numpy kernels (``crf_kernels``) use true ``-inf``; ``numpy_params`` converts. A sentence with no
+allowed path at all (impossible with BIOES constraints, where O is always allowed) has no
+meaningful value here (log Z near a multiple of ``NEG``); the kernels report it as ``-inf``.
 """
 
 from __future__ import annotations

@@ -105,6 +105,13 @@ def export_shard(job: ShardJob) -> ShardTiming:
     emissions = teacher_emissions(model, prepared.tokens, feats.features, lengths)
     network_done = time.perf_counter()
 
+    bad = ~np.isfinite(emissions).all(axis=1)
+    if bad.any():  # the kernels would refuse them with a ValueError: name the sentence instead
+        first = int(np.searchsorted(np.cumsum(lengths), np.argmax(bad), "right"))
+        raise InputError(
+            f"{job.prepared}: sent_id {int(prepared.sent_id[first])}",
+            f"teacher {job.teacher_dir}: emissions contain NaN or inf; not exported",
+        )
     crf = model.crf.numpy_params()
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     kwargs = {"emissions": emissions, "offsets": offsets, **crf}

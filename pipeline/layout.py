@@ -62,7 +62,8 @@ class Layout:
 
     @property
     def reports(self) -> Path:
-        return self.root / "reports"
+        """The pipeline's own report (``reports/`` also holds hand-written and experiment ones)."""
+        return self.root / "reports" / "pipeline"
 
 
 def open_project(params_path: Path) -> tuple[Params, Layout]:

@@ -1,7 +1,7 @@
 """Stage ``evaluate``: every teacher and every student method on every test set.
 
 Writes ``metrics/scores.json`` (``dvc metrics show``), ``plots/per_language.csv`` (``dvc plots``),
-and ``reports/results.md`` + ``reports/per_language.png`` (for people).
+and ``reports/pipeline/results.md`` + ``per_language.png`` (for people).
 """
 
 from __future__ import annotations
@@ -61,11 +61,17 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
     ]
     if "posterior" in table and baseline:
         gap = teacher["avg"] - baseline["avg"]
-        closed = (table["posterior"]["avg"] - baseline["avg"]) / gap * 100 if gap else float("nan")
-        lines.append(
-            f"Teacher–baseline gap on the average: {gap:.2f}; "
-            f"posterior KD closes {closed:.1f}% of it."
-        )
+        if gap > 0:
+            closed = (table["posterior"]["avg"] - baseline["avg"]) / gap * 100
+            lines.append(
+                f"Teacher–baseline gap on the average: {gap:.2f}; "
+                f"posterior KD closes {closed:.1f}% of it."
+            )
+        else:  # a share of a gap that is not there would read as nonsense (e.g. 290%)
+            lines.append(
+                f"Teacher–baseline gap on the average: {gap:.2f}; the teachers do not beat the "
+                "baseline student here, so there is no gap for KD to close."
+            )
     lines += ["", "![per-language scores](per_language.png)", ""]
     layout.reports.mkdir(parents=True, exist_ok=True)
     (layout.reports / "results.md").write_text("\n".join(lines), "utf-8")

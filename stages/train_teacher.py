@@ -34,6 +34,7 @@ def main(
         load_tagger,
         save_tagger,
     )
+    from structkd.pipeline.predictor import encoder_settings
     from structkd.pipeline.training import fit, run_fingerprint, write_json
 
     params, layout = open_project(params_path)
@@ -57,6 +58,7 @@ def main(
         word_dim=cfg.word_dim,
         char_dim=cfg.char_dim,
         char_hidden=cfg.char_hidden,
+        extra=encoder_settings(params.embed, layout.encoders),  # so `structkd predict` can run it
     )
     torch.manual_seed(cfg.seed)
     model = Tagger(config, labels)

@@ -195,9 +195,8 @@ def copy_project(source: Path, target: Path) -> Path:
 def spawn(params: Path, *args: str) -> subprocess.Popen[str]:
     """Start ``structkd ARGS --params PARAMS`` as a separate process (killable for fault tests)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    code = "from structkd.pipeline.cli import main; main()"
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args, "--params", str(params)],
+        [sys.executable, "-m", "structkd.pipeline.cli", *args, "--params", str(params)],
         cwd=params.parent,
         env=env,
         stdout=subprocess.PIPE,

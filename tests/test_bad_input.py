@@ -294,9 +294,10 @@ def test_nan_or_inf_in_teacher_emissions(project: Path) -> None:
     rewrite_features(shard, poison)
     line = export_fails(project)
     prepared = root / "data" / "prepared" / "en" / "train" / "part-00001.parquet"
+    teacher = root / "models" / "teachers" / "en"
     assert line == (
-        f"Error: {root / 'models' / 'teachers' / 'en'}: teacher emissions contain NaN or inf for "
-        f"sentence 11 of {prepared}; refusing to export"
+        f"Error: {prepared}: sent_id 11: teacher {teacher}: emissions contain NaN or inf; "
+        "not exported"
     )
     knowledge_not_served(project, "en", shard.name)
 

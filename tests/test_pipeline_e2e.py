@@ -26,7 +26,9 @@ from e2e_project import (
     cli_error,
     copy_project,
     one_torch_thread,
+    read_params,
     shared_project,
+    write_params,
 )
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -120,9 +122,9 @@ def test_students(project: Project) -> None:
 def test_evaluate(project: Project) -> None:
     root = project.root
     scores = json.loads((root / "metrics" / "scores.json").read_text())
-    assert list(scores) == ["Teachers", *METHODS]
+    assert set(scores) == {"Teachers", *METHODS}
     columns = {*TEACHERS, *ZERO_SHOT, "avg", "zero_shot_avg"}
-    for model, row in scores.items():
+    for row in scores.values():
         assert set(row) == columns and all(0 <= v <= 100 for v in row.values())
         assert row["avg"] == pytest.approx(np.mean([row[lang] for lang in TEACHERS]))
     for lang in TEACHERS:  # the same numbers as each stage's own metrics.json
@@ -139,12 +141,19 @@ def test_evaluate(project: Project) -> None:
     assert all(
         float(r["score"]) == pytest.approx(scores[r["model"]][r["lang"]], abs=1e-4) for r in rows
     )
-    report = (root / "reports" / "results.md").read_text()
+    report = (root / "reports" / "pipeline" / "results.md").read_text()
     assert report.startswith("# Results: upos")
     assert "| model | en | de | Avg. | fr | zero-shot Avg. |" in report
     for model in scores:
         assert f"| {model} | " in report
-    assert (root / "reports" / "per_language.png").stat().st_size > 0
+    gap = scores["Teachers"]["avg"] - scores["baseline"]["avg"]
+    line = next(x for x in report.splitlines() if x.startswith("Teacher–baseline gap"))
+    if gap > 0:
+        closed = (scores["posterior"]["avg"] - scores["baseline"]["avg"]) / gap * 100
+        assert line.endswith(f"posterior KD closes {closed:.1f}% of it.")
+    else:
+        assert line.endswith("no gap for KD to close.")
+    assert (root / "reports" / "pipeline" / "per_language.png").stat().st_size > 0
 
 
 def test_predict_command(project: Project, tmp_path: Path) -> None:
@@ -153,8 +162,8 @@ def test_predict_command(project: Project, tmp_path: Path) -> None:
     text.write_text("The cat sat on the mat .\nDer Hund schläft .\n", "utf-8")
     blocks = cli("predict", "--model", str(model), str(text)).strip("\n").split("\n\n")
     assert [[line.split("\t")[0] for line in b.splitlines()] for b in blocks] == [
-        "The cat sat on the mat .".split(),
-        "Der Hund schläft .".split(),
+        ["The", "cat", "sat", "on", "the", "mat", "."],
+        ["Der", "Hund", "schläft", "."],
     ]
     assert all(line.split("\t")[1] in UPOS for b in blocks for line in b.splitlines())
 
@@ -216,42 +225,68 @@ def interrupt_before_checkpoint(monkeypatch: pytest.MonkeyPatch, epoch: int) -> 
     monkeypatch.setattr(training, "_save_checkpoint", save_or_die)
 
 
+def set_max_epochs(params: Path, section: str, max_epochs: int) -> None:
+    settings = read_params(params)
+    settings[section]["max_epochs"] = max_epochs
+    write_params(params, settings)
+
+
+def final_state(out_dir: Path) -> tuple:
+    """Last weights (checkpoint), best weights, history without timings, metrics."""
+    checkpoint = torch.load(out_dir / "checkpoint.pt", weights_only=False)
+    return (
+        checkpoint["model"],
+        load_file(str(out_dir / "model.safetensors")),
+        [{k: v for k, v in row.items() if k != "seconds"} for row in history(out_dir)],
+        json.loads((out_dir / "metrics.json").read_text()),
+    )
+
+
+def assert_same_run(a: tuple, b: tuple) -> None:
+    (last_a, best_a, hist_a, metrics_a), (last_b, best_b, hist_b, metrics_b) = a, b
+    assert last_a.keys() == last_b.keys() and best_a.keys() == best_b.keys()
+    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    assert hist_a == hist_b and len(hist_a) == 3
+    assert metrics_a == metrics_b
+
+
 @pytest.mark.parametrize("stage", [["train-teacher", "en"], ["train-student", "posterior"]])
 def test_resume_ends_with_the_same_weights(
     project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: list[str]
 ) -> None:
-    """A run interrupted after epoch 0 and resumed equals a run never interrupted (2 epochs).
+    """3 epochs straight == killed at the end of epoch 1 + --resume == 1 epoch + --resume with
+    max_epochs 3 (max_epochs is not part of the run's fingerprint, so a run may be extended)."""
+    section = "teacher" if stage[0] == "train-teacher" else "student"
+    kind = f"{section}s"
 
-    (Not by "max_epochs 1, then --resume with max_epochs 3": max_epochs is part of the run's
-    fingerprint, so such a resume is refused as "written with other settings".)
-    """
-    kind = "teachers" if stage[0] == "train-teacher" else "students"
-    runs = {}
-    for name in ("straight", "resumed"):
+    def fresh(name: str) -> tuple[Path, Path]:
         params = copy_project(project.root, tmp_path / name)
+        set_max_epochs(params, section, 3)
         out_dir = params.parent / "models" / kind / stage[1]
         for path in out_dir.iterdir():
             path.unlink()
-        if name == "resumed":
-            with monkeypatch.context() as patch:
-                interrupt_before_checkpoint(patch, epoch=1)
-                result = CliRunner().invoke(app, ["stage", *stage, "--params", str(params)])
-            assert result.exit_code == 1 and "Aborted" in result.output
-            assert torch.load(out_dir / "checkpoint.pt", weights_only=False)["epoch"] == 0
-            out = cli("stage", *stage, "--params", str(params), "--resume")
-            assert "resuming after epoch 0" in out
-        else:
-            cli("stage", *stage, "--params", str(params))
-        checkpoint = torch.load(out_dir / "checkpoint.pt", weights_only=False)
-        runs[name] = (
-            checkpoint["model"],
-            load_file(str(out_dir / "model.safetensors")),
-            [{k: v for k, v in row.items() if k != "seconds"} for row in history(out_dir)],
-            json.loads((out_dir / "metrics.json").read_text()),
-        )
-    (last_a, best_a, hist_a, metrics_a), (last_b, best_b, hist_b, metrics_b) = runs.values()
-    assert last_a.keys() == last_b.keys() and best_a.keys() == best_b.keys()
-    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
-    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
-    assert hist_a == hist_b and len(hist_a) == 2
-    assert metrics_a == metrics_b
+        return params, out_dir
+
+    params, out_dir = fresh("straight")
+    cli("stage", *stage, "--params", str(params))
+    straight = final_state(out_dir)
+
+    params, out_dir = fresh("killed")
+    with monkeypatch.context() as patch:
+        interrupt_before_checkpoint(patch, epoch=1)
+        result = CliRunner().invoke(app, ["stage", *stage, "--params", str(params)])
+    assert result.exit_code == 130  # 128 + SIGINT: interrupted, as by Ctrl-C
+    assert torch.load(out_dir / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    out = cli("stage", *stage, "--params", str(params), "--resume")
+    assert "resuming after epoch 0" in out
+    assert_same_run(straight, final_state(out_dir))
+
+    params, out_dir = fresh("extended")
+    set_max_epochs(params, section, 1)
+    cli("stage", *stage, "--params", str(params))
+    assert len(history(out_dir)) == 1
+    set_max_epochs(params, section, 3)
+    out = cli("stage", *stage, "--params", str(params), "--resume")
+    assert "resuming after epoch 0" in out
+    assert_same_run(straight, final_state(out_dir))

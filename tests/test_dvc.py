@@ -1,0 +1,87 @@
+"""``dvc repro`` end to end in a tiny git + dvc project, then a student-only experiment.
+
+The project uses the repository's real ``dvc.yaml`` (tests/e2e_project.py). dvc runs each stage
+as a ``structkd`` subprocess, found on PATH (this venv's bin directory goes first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from e2e_project import TEACHERS, build_project, init_dvc, read_params, run
+
+pytestmark = pytest.mark.slow
+METHODS = ("baseline", "posterior")
+TEACHER_SIDE = ["prepare", "embed", *(f"train-teacher@{lang}" for lang in TEACHERS)]
+TEACHER_SIDE.append("export-teachers")
+STUDENT_SIDE = [*(f"train-student@{m}" for m in METHODS), "evaluate"]
+
+
+def ran(output: str) -> list[str]:
+    """Stages dvc ran, in order."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def skipped(output: str) -> list[str]:
+    """Stages dvc found unchanged."""
+    return re.findall(r"Stage '([^']+)' didn't change, skipping", output)
+
+
+def digests(root: Path, folder: str) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime of every file under ``root/folder``: equal means nothing rewrote them."""
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Path:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    root = tmp_path_factory.mktemp("dvc-project")
+    build_project(root, tiny_encoder_dir, methods=METHODS)
+    init_dvc(root)
+    return root
+
+
+def test_repro_then_student_only_experiment(dvc_project: Path) -> None:
+    root = dvc_project
+    out = run(["dvc", "repro"], root)
+    assert ran(out) == [*TEACHER_SIDE, *STUDENT_SIDE]
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], root)
+    for path in ("metrics/scores.json", "plots/per_language.csv", "reports/pipeline/results.md"):
+        assert (root / path).is_file()
+    metrics = run(["dvc", "metrics", "show"], root)
+    assert "metrics/scores.json" in metrics
+    assert all(f"{m}.{lang}" in metrics for m in ("Teachers", *METHODS) for lang in TEACHERS)
+
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "dvc repro"], root)
+    teachers, knowledge = digests(root, "models/teachers"), digests(root, "knowledge")
+    students = {m: digests(root, f"models/students/{m}") for m in METHODS}
+
+    out = run(["dvc", "exp", "run", "-S", "student.temperature=2.0"], root)
+    # no teacher ran and no knowledge was exported again: dvc skipped them, files untouched
+    assert ran(out) == STUDENT_SIDE
+    assert skipped(out) == TEACHER_SIDE
+    assert digests(root, "models/teachers") == teachers
+    assert digests(root, "knowledge") == knowledge
+    assert read_params(root / "params.yaml")["student"]["temperature"] == 2.0
+    after = {m: digests(root, f"models/students/{m}") for m in METHODS}
+    weights = "models/students/{}/model.safetensors"
+    # the temperature reached the posterior student; the baseline ignores it (same weights)
+    assert (
+        after["posterior"][weights.format("posterior")][0]
+        != (students["posterior"][weights.format("posterior")][0])
+    )
+    assert (
+        after["baseline"][weights.format("baseline")][0]
+        == (students["baseline"][weights.format("baseline")][0])
+    )
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], root)

@@ -18,6 +18,10 @@ class InputError(StructkdError):
         self.problem = problem
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Rebuild from (where, problem): errors travel back from dask workers pickled."""
+        return (type(self), (self.where, self.problem))
+
 
 class ConfigError(StructkdError):
     """Bad ``params.yaml`` content or command-line settings."""

@@ -156,24 +156,32 @@ def _suggest(key: str, valid: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
 
 
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
 def _convert(value: Any, hint: Any, where: str) -> Any:
     origin = get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{_at(where)}expected a mapping, got {value!r}")
         _, value_hint = get_args(hint)
-        return {str(k): _convert(v, value_hint, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _convert(v, value_hint, _join(where, str(k))) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{_at(where)}expected a list, got {value!r}")
         item_hint = get_args(hint)[0]
         return tuple(_convert(v, item_hint, where) for v in value)
     if origin is Literal:
         if value not in get_args(hint):
             options = ", ".join(map(str, get_args(hint)))
-            raise ConfigError(f"{where}: {value!r} is not one of {options}")
+            raise ConfigError(f"{_at(where)}{value!r} is not one of {options}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in get_args(hint):
@@ -184,34 +192,37 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
                     return _convert(value, option, where)
                 except ConfigError:
                     continue
-        raise ConfigError(f"{where}: {value!r} does not fit {hint}")
+        raise ConfigError(f"{_at(where)}{value!r} does not fit {hint}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    raise ConfigError(f"{_at(where)}expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
 def _build(cls: type[T], raw: Any, where: str) -> T:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{_at(where)}expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     for key in raw:
         if key not in names:
-            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(str(key), names)}")
+            raise ConfigError(f"{_at(where)}unknown key '{key}'{_suggest(str(key), names)}")
     values = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in raw:
-            values[f.name] = _convert(raw[f.name], hints[f.name], f"{where}.{f.name}")
+            values[f.name] = _convert(raw[f.name], hints[f.name], _join(where, f.name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: missing required key '{f.name}'")
+            raise ConfigError(f"{_at(where)}missing required key '{f.name}'")
     return cls(**values)
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Build :class:`Params` from already-parsed YAML, failing on unknown or missing keys."""
-    params = _build(Params, raw, source)
+    try:
+        params = _build(Params, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if not params.data.languages:
         raise ConfigError(f"{source}: data.languages is empty; configure at least one teacher")
     twice = sorted(set(params.data.languages) & set(params.data.zero_shot))
@@ -264,5 +275,5 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ConfigError(f"{_at(where)}invalid YAML ({getattr(exc, 'problem', exc)})") from None
     return parse_params(raw, str(path))

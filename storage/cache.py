@@ -267,7 +267,10 @@ class CacheEntry:
             return "corrupt", [str(e)]
         if manifest is None:
             return "miss", [f"{manifest_path}: missing"]
-        if manifest.key != key or manifest.schema_version != SCHEMA_VERSION:
+        if manifest.schema_version != SCHEMA_VERSION:
+            found = manifest.schema_version
+            return "stale", [f"{manifest_path}: schema version {found}, expected {SCHEMA_VERSION}"]
+        if manifest.key != key:
             return "stale", [f"{manifest_path}: made for key {manifest.key[:12]}, not {key[:12]}"]
         if not manifest.complete:
             done = len(manifest.shards)

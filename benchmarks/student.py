@@ -11,10 +11,12 @@ without the dev evaluation: DistillationStream (only the method's knowledge colu
 ``model.emissions`` -> ``losses.student_loss`` with λ = 0.5 (gold and KD terms both computed,
 log Z shared where the method allows) -> backward -> clip -> Adam step. Student size, batch
 budget, shuffle buffer, K, temperature and mixture come from the project's ``student`` params.
-Each method trains a fresh model for ``--epochs`` epochs, ``--repeats`` times (method order
-rotated per repeat so that a load change on the shared machine hits all methods alike); the
-figure is the median epoch. Reference: the **baseline** (gold NLL only, no knowledge read), same
-run. Every stream is read once untimed first (page cache) and one baseline epoch warms torch.
+Each method trains a fresh model for ``--epochs`` epochs, ``--repeats`` times. The methods train
+in **lockstep**, one step of each in turn (order rotated per epoch), so that load changes on a
+shared machine hit all methods alike; a method's epoch time is the sum of its own steps (data
+included). Reference: the **baseline** (gold NLL only, no knowledge read), in the same lockstep
+epoch; the ratio is the median over epochs of the per-epoch ratio. Every stream is read once
+untimed first (page cache) and every model takes 3 untimed steps (torch's first calls).
 
 Memory: one subprocess per (method, scale) trains one epoch streaming the corpus 1x and 8x (each
 language's shard lists repeated 8 times) and reports its peak RSS (``ru_maxrss``).
@@ -166,74 +168,99 @@ class Student:
             mixture=self.cfg.mixture,
         )
 
-    def epoch(self, epoch: int) -> EpochTime:
-        """One training epoch (the loop of ``training.fit``), timed phase by phase."""
-        out = EpochTime()
+    def begin(self, epoch: int) -> None:
+        """Start epoch ``epoch``: its batches and a fresh :class:`EpochTime` in ``current``."""
         self.model.train()
         self.stream.set_epoch(epoch)
-        began = time.perf_counter()
-        batches = iter(self.stream)
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            t1 = time.perf_counter()
-            if batch is None:
-                break
-            self.optimizer.zero_grad()
-            k = self.cfg.k
-            if batch.topk_tags is not None and batch.topk_tags.shape[1] > k:
-                batch.topk_tags = batch.topk_tags[:, :k]
-                batch.topk_scores = batch.topk_scores[:, :k]  # type: ignore[index]
-                batch.k_valid = batch.k_valid.clamp(max=k)  # type: ignore[union-attr]
-            emissions = self.model.emissions(batch.features, batch.mask)
-            t2 = time.perf_counter()
-            loss = self._loss(emissions, batch)
-            if not torch.isfinite(loss):
-                raise StructkdError(f"{self.method}: loss became {loss.item()}")
-            t3 = time.perf_counter()
-            loss.backward()
-            t4 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
-            self.optimizer.step()
-            loss.item()
-            t5 = time.perf_counter()
-            for name, seconds in zip(
-                PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
-            ):
-                out.phases[name] += seconds
-            out.batches += 1
-            out.sentences += len(batch.lengths)
-        out.phases["data"] += time.perf_counter() - t0
-        out.seconds = time.perf_counter() - began
-        return out
+        self.batches = iter(self.stream)
+        self.current = EpochTime()
+
+    def step(self) -> bool:
+        """One training step of the loop of ``training.fit``, timed phase by phase.
+
+        Returns:
+            False when the epoch has no batch left.
+        """
+        out = self.current
+        t0 = time.perf_counter()
+        batch = next(self.batches, None)
+        t1 = time.perf_counter()
+        if batch is None:
+            out.phases["data"] += t1 - t0
+            out.seconds += t1 - t0
+            return False
+        self.optimizer.zero_grad()
+        k = self.cfg.k
+        if batch.topk_tags is not None and batch.topk_tags.shape[1] > k:
+            batch.topk_tags = batch.topk_tags[:, :k]
+            batch.topk_scores = batch.topk_scores[:, :k]  # type: ignore[index]
+            batch.k_valid = batch.k_valid.clamp(max=k)  # type: ignore[union-attr]
+        emissions = self.model.emissions(batch.features, batch.mask)
+        t2 = time.perf_counter()
+        loss = self._loss(emissions, batch)
+        if not torch.isfinite(loss):
+            raise StructkdError(f"{self.method}: loss became {loss.item()}")
+        t3 = time.perf_counter()
+        loss.backward()
+        t4 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.optimizer.step()
+        loss.item()
+        t5 = time.perf_counter()
+        for name, seconds in zip(
+            PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True
+        ):
+            out.phases[name] += seconds
+        out.seconds += t5 - t0
+        out.batches += 1
+        out.sentences += len(batch.lengths)
+        return True
+
+    def epoch(self, epoch: int) -> EpochTime:
+        """One whole training epoch on its own."""
+        self.begin(epoch)
+        while self.step():
+            pass
+        return self.current
 
 
 def task_labels(root: Path) -> LabelSet:
     return LabelSet.load(open_project(root / "params.yaml")[1].labels)
 
 
+def lockstep_epoch(students: list[Student], epoch: int) -> None:
+    """One epoch of every student, one step of each in turn (a load change hits all alike)."""
+    for student in students:
+        student.begin(epoch)
+    active = students
+    while active:
+        active = [student for student in active if student.step()]
+
+
 def time_methods(
     root: Path, methods: list[str], cfg: StudentParams, epochs: int, repeats: int
 ) -> dict[str, list[EpochTime]]:
-    """Median-ready epoch times of every method, interleaved over repeats."""
+    """Epoch times of every method: ``repeats`` fresh models each, trained in lockstep."""
     labels = task_labels(root)
-    students = {m: Student(make_stream(root, m, cfg, 1), m, cfg) for m in methods}
-    for student in students.values():  # warm the page cache; not timed
+    students = [Student(make_stream(root, m, cfg, 1), m, cfg) for m in methods]
+    for student in students:  # warm the page cache and torch's first calls; not timed
         sum(1 for _ in student.stream)
-    warm = students["baseline"]
-    warm.build(labels)
-    warm.epoch(0)
+        student.build(labels)
+        student.begin(0)
+        for _ in range(3):
+            student.step()
     times: dict[str, list[EpochTime]] = defaultdict(list)
     for r in range(repeats):
-        order = methods[r % len(methods) :] + methods[: r % len(methods)]
-        for method in order:
-            student = students[method]
+        for student in students:
             student.build(labels)
-            for e in range(epochs):
-                times[method].append(student.epoch(e))
+        for e in range(epochs):
+            shift = (r * epochs + e) % len(students)
+            lockstep_epoch(students[shift:] + students[:shift], e)
+            for student in students:
+                times[student.method].append(student.current)
             print(
-                f"  repeat {r + 1}/{repeats} {method:<11} "
-                + " ".join(f"{t.seconds:.2f}s" for t in times[method][-epochs:]),
+                f"  repeat {r + 1}/{repeats} epoch {e}: "
+                + " ".join(f"{s.method} {s.current.seconds:.1f}s" for s in students),
                 flush=True,
             )
     return times
@@ -312,7 +339,15 @@ def measure_memory(root: Path, methods: list[str], scales: tuple[int, ...]) -> l
     for method in methods:
         for scale in scales:
             done = subprocess.run(
-                [sys.executable, __file__, "--memory-child", str(root), method, str(scale)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--memory-child",
+                    str(root),
+                    method,
+                    str(scale),
+                    str(torch.get_num_threads()),
+                ],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -331,7 +366,6 @@ def report(
     memory: list[dict],
     cfg: StudentParams,
 ) -> None:
-    base = median([t.seconds for t in times["baseline"]])
     first = times["baseline"][0]
     print(
         f"\nstudent epoch: {first.sentences} sentences, {first.batches} batches, hidden "
@@ -339,18 +373,23 @@ def report(
     )
     print(f"machine: {machine()}")
     head = "".join(f"{p:>9}" for p in PHASES)
-    print(f"\n{'method':<12}{'epoch s':>9}{'sent/s':>8}{'vs base':>9}{'goal':>7}{head}")
+    print(
+        f"\n{'method':<15}{'epoch s':>8}{'sent/s':>7}{'vs base':>9}{'range':>12}{'goal':>7}{head}"
+    )
     verdicts = []
     for method, epochs in times.items():
         seconds = median([t.seconds for t in epochs])
-        ratio = seconds / base
+        # ratios within each lockstep epoch, then their median: load changes cancel out
+        ratios = [t.seconds / b.seconds for t, b in zip(epochs, times["baseline"], strict=True)]
+        ratio = median(ratios)
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
         goal = GOALS.get(method)
         phases = "".join(f"{median([t.phases[p] for t in epochs]):>9.2f}" for p in PHASES)
         name = "baseline (ref)" if method == "baseline" else method
         mark = f"<={goal}" if goal else ""
         print(
-            f"{name:<12}{seconds:>9.2f}{epochs[0].sentences / seconds:>8.0f}"
-            f"{ratio:>8.2f}x{mark:>7}{phases}"
+            f"{name:<15}{seconds:>8.2f}{epochs[0].sentences / seconds:>7.0f}"
+            f"{ratio:>8.2f}x{spread:>12}{mark:>7}{phases}"
         )
         if goal:
             verdicts.append(
@@ -382,7 +421,8 @@ def report(
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--memory-child":
+    if len(sys.argv) == 6 and sys.argv[1] == "--memory-child":
+        torch.set_num_threads(int(sys.argv[5]))
         memory_child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -403,8 +443,11 @@ def main() -> None:
     )
     parser.add_argument("--scale", type=int, default=8, help="corpus replication for memory")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     methods = ["baseline", *[m for m in args.methods if m != "baseline"]]
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="structkd-student-") as temp:
         root = Path(temp)

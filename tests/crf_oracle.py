@@ -110,7 +110,7 @@ TABLE1_PSI = (
 
 
 def table1_crf() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Table 1 as a CRF in structkd's convention: ``(emissions, transitions, start, end, ...masks)``.
+    """Table 1 as a CRF in structkd's convention: ``(emissions, transitions, start, end, masks)``.
 
     A CRF shares one transition matrix across positions, and Table 1's two tables differ by a
     non-additive term, so the example is encoded exactly with position-tagged labels: tag

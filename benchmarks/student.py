@@ -438,7 +438,7 @@ def main() -> None:
     parser.add_argument(
         "--memory-methods",
         nargs="+",
-        default=["baseline", "pos+topwk", "structural"],
+        default=["pos+topwk", "structural"],
         choices=METHODS,
     )
     parser.add_argument("--scale", type=int, default=8, help="corpus replication for memory")

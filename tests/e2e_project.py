@@ -104,9 +104,10 @@ def build_project(root: Path, encoder_dir: Path, methods: Sequence[str] = METHOD
     return params
 
 
-def write_params(path: Path, params: dict) -> None:
-    """Write a params dict as YAML."""
+def write_params(path: Path, params: dict) -> Path:
+    """Write a params dict as YAML; returns ``path``."""
     path.write_text(yaml.safe_dump(params, sort_keys=False), "utf-8")
+    return path
 
 
 def read_params(path: Path) -> dict:
@@ -116,7 +117,7 @@ def read_params(path: Path) -> dict:
 
 def copy_project(source: Path, target: Path) -> Path:
     """Copy a built project (outputs included) so a test can change it; returns its params.yaml."""
-    shutil.copytree(source, target, symlinks=True)
+    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns(".lock"))
     return target / "params.yaml"
 
 

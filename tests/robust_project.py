@@ -10,7 +10,6 @@ from __future__ import annotations
 import filecmp
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -20,28 +19,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
+from e2e_project import SAMPLE, UPOS, slice_conllu, write_params
 from typer.testing import CliRunner
 
 from structkd.pipeline.cli import app
 from structkd.storage.manifest import ShardRecord, read_manifest, write_manifest
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "sample"
 LANGS = ("en", "de")
 SIZES = {"train": 48, "dev": 12, "test": 12}
 SHARD_SIZE = 8
-UPOS = [
-    "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
-    "PUNCT", "SCONJ", "SYM", "VERB", "X",
-]  # fmt: skip
-
-
-def slice_conllu(source: Path, target: Path, n: int) -> None:
-    """Copy the first ``n`` sentences of a CoNLL-U file (comments and all) to ``target``."""
-    blocks = [b for b in source.read_text("utf-8").split("\n\n") if b.strip()][:n]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n\n".join(b.strip("\n") for b in blocks) + "\n\n", "utf-8")
 
 
 def params_dict(encoder_dir: Path) -> dict[str, Any]:
@@ -82,12 +68,6 @@ def params_dict(encoder_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_params(path: Path, params: dict[str, Any]) -> Path:
-    """Write ``params`` as YAML to ``path``; returns ``path``."""
-    path.write_text(yaml.safe_dump(params, sort_keys=False), "utf-8")
-    return path
-
-
 def build_project(root: Path, encoder_dir: Path) -> Path:
     """Write the corpus slices and params.yaml under ``root``; returns the params.yaml path."""
     for lang in LANGS:
@@ -95,7 +75,8 @@ def build_project(root: Path, encoder_dir: Path) -> Path:
             slice_conllu(
                 SAMPLE / lang / f"{split}.conllu", root / f"corpora/{lang}/{split}.conllu", n
             )
-    return write_params(root / "params.yaml", params_dict(encoder_dir))
+    write_params(root / "params.yaml", params_dict(encoder_dir))
+    return root / "params.yaml"
 
 
 def cli(params: Path, *args: str) -> str:
@@ -184,12 +165,6 @@ def rerecord(shard: Path) -> None:
         ShardRecord.of_file(shard) if r.name == shard.name else r for r in manifest.shards
     ]
     write_manifest(shard.parent, manifest)
-
-
-def copy_project(source: Path, target: Path) -> Path:
-    """Copy a built project (outputs included); returns the copy's params.yaml."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock"))
-    return target / "params.yaml"
 
 
 def spawn(params: Path, *args: str) -> subprocess.Popen[str]:

@@ -18,16 +18,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from e2e_project import copy_project, write_params
 from robust_project import (
     base_project,
     cli_error,
-    copy_project,
     error_line,
     rerecord,
     rewrite_parquet,
     snapshot,
     spawn,
-    write_params,
 )
 
 

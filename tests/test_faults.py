@@ -20,16 +20,15 @@ import pytest
 import torch
 import yaml
 from dask.distributed import LocalCluster
+from e2e_project import copy_project, write_params
 from robust_project import (
     LANGS,
     base_project,
     cli,
     cli_error,
-    copy_project,
     same_tree,
     snapshot,
     spawn,
-    write_params,
 )
 
 from structkd.storage.manifest import read_manifest, verify

@@ -79,7 +79,9 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
     record_time(task_dir, "embed", stage(base, "embed", log=log))
     for lang in params["data"]["languages"]:
         if not (base / "models" / "teachers" / lang / "metrics.json").exists():
-            record_time(task_dir, f"teacher {lang}", stage(base, "train-teacher", lang, log=log))
+            record_time(
+                task_dir, f"teacher {lang}", stage(base, "train-teacher", lang, "--resume", log=log)
+            )
     record_time(task_dir, "export", stage(base, "export-teachers", log=log))
     for seed in seeds:
         project = task_dir / f"seed-{seed}"
@@ -95,7 +97,7 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
         (project / "params.yaml").write_text(yaml.safe_dump(seeded, sort_keys=False))
         for method in methods:
             if not (project / "models" / "students" / method / "metrics.json").exists():
-                seconds = stage(project, "train-student", method, log=log)
+                seconds = stage(project, "train-student", method, "--resume", log=log)
                 record_time(task_dir, f"student {method} seed {seed}", seconds)
         stage(project, "evaluate", log=log)
 

@@ -43,9 +43,11 @@ class EpochRecord:
 def run_fingerprint(params: TrainParams, *extra: object) -> str:
     """What a checkpoint must match to be resumed: settings that change the trajectory.
 
-    ``max_epochs`` and ``patience`` only decide when to stop, so a run may be resumed with more.
+    ``max_epochs`` and ``patience`` only decide when to stop, so a run may be resumed with more;
+    ``threads`` does not change the result.
     """
-    settings = {k: v for k, v in asdict(params).items() if k not in ("max_epochs", "patience")}
+    ignored = ("max_epochs", "patience", "threads")
+    settings = {k: v for k, v in asdict(params).items() if k not in ignored}
     text = json.dumps([settings, *extra], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -101,6 +103,7 @@ def fit(
         The per-epoch history.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(params.threads)
     optimizer = make_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=0.5, patience=max(1, params.patience // 2)

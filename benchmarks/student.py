@@ -19,7 +19,9 @@ epoch; the ratio is the median over epochs of the per-epoch ratio. Every stream 
 untimed first (page cache) and every model takes 3 untimed steps (torch's first calls).
 
 Memory: one subprocess per (method, scale) trains one epoch streaming the corpus 1x and 8x (each
-language's shard lists repeated 8 times) and reports its peak RSS (``ru_maxrss``).
+language's shard lists repeated 8 times) and reports its peak RSS (``VmHWM`` of
+``/proc/self/status``: unlike ``ru_maxrss``, which Linux carries over from the parent through
+fork and exec, it starts afresh in the child).
 
 Goals (design.md §5): top-wk (K=10) and posterior <= 1.3x baseline, pos+top-wk <= 1.5x; peak
 memory with 8x the corpus <= 1.1x that with 1x.
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -311,20 +312,29 @@ def posterior_breakdown(root: Path, cfg: StudentParams) -> dict[str, float]:
 # ---- memory -------------------------------------------------------------------------------
 
 
+def rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak (``VmHWM``) or current (``VmRSS``) resident set size in MB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"memory figures need Linux /proc/self/status ({field})")
+
+
 def memory_child(root: Path, method: str, scale: int) -> None:
     """Train one epoch streaming ``scale`` x the corpus; print peak RSS as one JSON line."""
     params = open_project(root / "params.yaml")[0]
     student = Student(make_stream(root, method, params.student, scale), method, params.student)
     student.build(task_labels(root))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = rss_mb()
     result = student.epoch(0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak, end = rss_mb(), rss_mb("VmRSS")
     print(
         json.dumps(
             {
                 "method": method,
                 "scale": scale,
                 "before_mb": before,
+                "end_mb": end,
                 "peak_mb": peak,
                 "sentences": result.sentences,
                 "seconds": result.seconds,
@@ -412,7 +422,9 @@ def report(
             print(
                 f"  {method:<11} 1x {one['peak_mb']:6.0f} MB ({one['sentences']} sent)   "
                 f"{eight['scale']}x {eight['peak_mb']:6.0f} MB ({eight['sentences']} sent)   "
-                f"ratio {ratio:.3f}"
+                f"ratio {ratio:.3f}   (before the epoch {one['before_mb']:.0f} / "
+                f"{eight['before_mb']:.0f} MB, at its end {one['end_mb']:.0f} / "
+                f"{eight['end_mb']:.0f} MB)"
             )
             verdicts.append(
                 f"memory {method} 8x/1x {ratio:.3f} (<= 1.1) {'MET' if ratio <= 1.1 else 'MISSED'}"

@@ -111,10 +111,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def collect(task: str) -> dict | None:
     """Per model and column: the list of scores over seeds (teachers: one run)."""
     task_dir = RUNS / task
-    files = sorted(task_dir.glob("seed-*/metrics/scores.json"))
-    if not files:
+    seeds = sorted(task_dir.glob("seed-*/metrics"))
+    if not seeds:
         return None
-    runs = [json.loads(f.read_text()) for f in files]
+    runs = [{f.stem: json.loads(f.read_text()) for f in d.glob("*.json")} for d in seeds]
     table: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         for model, row in run.items():
@@ -123,7 +123,7 @@ def collect(task: str) -> dict | None:
                     table.setdefault(model, {}).setdefault(column, []).append(value)
     params = yaml.safe_load((task_dir / "base" / "params.yaml").read_text())
     timings = json.loads((task_dir / "timings.json").read_text())
-    return {"table": table, "params": params, "seeds": len(files), "timings": timings}
+    return {"table": table, "params": params, "seeds": len(seeds), "timings": timings}
 
 
 def sizes(task: str) -> list[str]:

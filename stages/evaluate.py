@@ -1,7 +1,8 @@
 """Stage ``evaluate``: every teacher and every student method on every test set.
 
-Writes ``metrics/scores.json`` (``dvc metrics show``), ``plots/per_language.csv`` (``dvc plots``),
-and ``reports/pipeline/results.md`` + ``per_language.png`` (for people).
+Writes ``metrics/<model>.json`` (one row per model in ``dvc metrics show``),
+``plots/per_language.csv`` (``dvc plots``), and ``reports/pipeline/results.md`` +
+``per_language.png`` (for people).
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
         typer.echo(f"{method}: " + " ".join(f"{k} {v:.2f}" for k, v in scores[method].items()))
 
     table = with_averages(scores, langs, zero_shot)
-    write_json(table, layout.metrics / "scores.json")
+    for stale in layout.metrics.glob("*.json"):  # models no longer configured
+        stale.unlink()
+    for model, row in table.items():
+        write_json(row, layout.metrics / f"{model}.json")
     write_csv(table, layout.plots / "per_language.csv")
     write_bars(table, [*langs, "avg", *zero_shot], layout.reports / "per_language.png", metric)
     baseline, teacher = table.get("baseline", {}), table["Teachers"]
@@ -75,4 +79,4 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
     lines += ["", "![per-language scores](per_language.png)", ""]
     layout.reports.mkdir(parents=True, exist_ok=True)
     (layout.reports / "results.md").write_text("\n".join(lines), "utf-8")
-    typer.echo(f"wrote {layout.metrics / 'scores.json'} and {layout.reports / 'results.md'}")
+    typer.echo(f"wrote {layout.metrics}/*.json and {layout.reports / 'results.md'}")

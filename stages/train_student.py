@@ -9,6 +9,7 @@ Writes ``models/students/<method>/`` (model, checkpoint.pt, history.csv, metrics
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -28,56 +29,27 @@ def main(
     import torch
 
     from structkd.pipeline import distributed
-    from structkd.pipeline.data import load_split, shard_paths
-    from structkd.pipeline.errors import StructkdError
+    from structkd.pipeline.data import load_split
     from structkd.pipeline.evaluation import evaluate_split, predict_split
     from structkd.pipeline.labels import LabelSet
-    from structkd.pipeline.losses import REQUIRED_COLUMNS, lambda_at, student_loss
+    from structkd.pipeline.losses import REQUIRED_COLUMNS
     from structkd.pipeline.metrics import headline, score
     from structkd.pipeline.models import Tagger, TaggerConfig, load_tagger, save_tagger
     from structkd.pipeline.predictor import encoder_settings
+    from structkd.pipeline.student import batch_loss, kd_weight, training_sources
     from structkd.pipeline.training import fit, run_fingerprint, write_json
-    from structkd.storage.cache import KnowledgeCache
-    from structkd.storage.schemas import KnowledgeMeta
-    from structkd.storage.shards import shard_metadata
-    from structkd.storage.stream import DistillationStream, LanguageShards
+    from structkd.storage.stream import Batch, DistillationStream
 
     params, layout = open_project(params_path)
-    rank, world_size = distributed.init_from_env()
+    rank, _ = distributed.init_from_env()
     cfg = params.student
     labels = LabelSet.load(layout.labels)
     langs = list(params.data.languages)
-    columns = REQUIRED_COLUMNS[method]
-    cache = KnowledgeCache(layout.root / "knowledge")
-    sources, knowledge_keys = [], {}
-    for lang in langs:
-        knowledge = None
-        if columns:
-            knowledge = cache.entry(lang).shards()
-            meta = KnowledgeMeta.from_metadata(shard_metadata(knowledge[0]))
-            if tuple(meta.labels) != labels.labels:
-                raise StructkdError(
-                    f"{knowledge[0]}: teacher '{lang}' labels {list(meta.labels)} differ from the "
-                    f"task's {list(labels.labels)} ({layout.labels}); re-run the pipeline"
-                )
-            if "topk_tags" in columns and cfg.k > meta.k:
-                raise StructkdError(
-                    f"student.k = {cfg.k} but the knowledge of '{lang}' holds only "
-                    f"k = {meta.k} paths; raise export.k or lower student.k"
-                )
-            knowledge_keys[lang] = meta.cache_key
-        sources.append(
-            LanguageShards(
-                lang,
-                prepared=shard_paths(layout.prepared(lang, "train")),
-                features=shard_paths(layout.features(lang, "train")),
-                knowledge=knowledge,
-            )
-        )
+    sources, knowledge_keys = training_sources(layout, langs, labels, method, cfg.k)
     stream = DistillationStream(
         sources,
         max_tokens=cfg.max_tokens,
-        knowledge_columns=columns,
+        knowledge_columns=REQUIRED_COLUMNS[method],
         seed=cfg.seed,
         buffer_size=cfg.shuffle_buffer,
     )
@@ -99,25 +71,9 @@ def main(
     fingerprint = run_fingerprint(cfg, method, labels.digest(), knowledge_keys)
     net, join = distributed.wrap(model)
 
-    def batches(epoch: int):  # noqa: ANN202 - an iterator of stream batches
+    def batches(epoch: int) -> Iterator[Batch]:
         stream.set_epoch(epoch)
         return iter(stream)
-
-    def loss(batch, epoch: int) -> torch.Tensor:  # noqa: ANN001 - a storage.stream.Batch
-        if batch.topk_tags is not None and batch.topk_tags.shape[1] > cfg.k:
-            batch.topk_tags = batch.topk_tags[:, : cfg.k]
-            batch.topk_scores = batch.topk_scores[:, : cfg.k]
-            batch.k_valid = batch.k_valid.clamp(max=cfg.k)
-        emissions = net(batch.features, batch.mask)
-        return student_loss(
-            method,
-            model.crf,
-            emissions,
-            batch,
-            lam=lambda_at(epoch, cfg.anneal_rate),
-            temperature=cfg.temperature,
-            mixture=cfg.mixture,
-        )
 
     def dev_score() -> float:
         gold = [t for split in dev.values() for t in split.tags]
@@ -128,13 +84,13 @@ def main(
         model,
         params=cfg,
         batches=batches,
-        loss_fn=loss,
+        loss_fn=lambda batch, epoch: batch_loss(net, model.crf, batch, epoch, method, cfg),
         dev_score=dev_score,
         save_best=lambda: save_tagger(model, out),
         out_dir=out,
         resume=resume,
         fingerprint=fingerprint,
-        kd_weight=lambda epoch: 0.0 if method == "baseline" else lambda_at(epoch, cfg.anneal_rate),
+        kd_weight=lambda epoch: kd_weight(method, cfg, epoch),
         desc=f"student {method}",
         join=join,
         main_process=rank == 0,

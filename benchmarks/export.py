@@ -116,9 +116,6 @@ def train_teachers(params_path: Path) -> None:
     from structkd.stages import embed, prepare, train_teacher
 
     params, layout = open_project(params_path)
-    if all((layout.teacher(lang) / "model.safetensors").exists() for lang in LANGS):
-        print(f"teachers found in {layout.root}: skipping prepare/embed/train-teacher")
-        return
     with stopwatch() as t:
         prepare.main(params_path)
     print(f"prepare: {t[0]:.1f} s")
@@ -282,18 +279,24 @@ def main() -> None:
     parser.add_argument("--no-stage", action="store_true", help="skip the end-to-end stage runs")
     parser.add_argument("--workdir", type=Path, help="keep the project here (reused if present)")
     args = parser.parse_args()
-    if not (args.data / "conll" / "en" / "train.iob.gz").exists():
-        raise SystemExit(f"{args.data}: no conll/en/train.iob.gz (pass --data)")
     workers = sorted(set(args.workers) | {1})
 
     temp = None if args.workdir else tempfile.TemporaryDirectory(prefix="structkd-export-")
     root = args.workdir or Path(temp.name)  # type: ignore[union-attr]
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        params_path = build_project(
-            root, args.data, args.limit, args.dev_limit, args.epochs, args.shard_size
-        )
-        train_teachers(params_path)
+        params_path = root / "params.yaml"
+        if params_path.exists() and all(
+            (root / "models" / "teachers" / lang / "model.safetensors").exists() for lang in LANGS
+        ):
+            print(f"{root}: reusing its project and teachers (no prepare/embed/train-teacher)")
+        else:
+            if not (args.data / "conll" / "en" / "train.iob.gz").exists():
+                raise SystemExit(f"{args.data}: no conll/en/train.iob.gz (pass --data)")
+            root.mkdir(parents=True, exist_ok=True)
+            params_path = build_project(
+                root, args.data, args.limit, args.dev_limit, args.epochs, args.shard_size
+            )
+            train_teachers(params_path)
         scratch = root / "bench"
         jobs = plan_jobs(params_path, scratch / "plan")
         results = {n: time_cluster(jobs, n, args.repeats, scratch) for n in workers}

@@ -18,21 +18,28 @@ included). Reference: the **baseline** (gold NLL only, no knowledge read), in th
 epoch; the ratio is the median over epochs of the per-epoch ratio. Every stream is read once
 untimed first (page cache) and every model takes 3 untimed steps (torch's first calls).
 
-Memory: one subprocess per (method, scale) trains one epoch streaming the corpus 1x and 8x (each
-language's shard lists repeated 8 times) and reports its peak RSS (``VmHWM`` of
-``/proc/self/status``: unlike ``ru_maxrss``, which Linux carries over from the parent through
-fork and exec, it starts afresh in the child).
+Memory: one subprocess per (method, allocator setting, scale) trains one epoch streaming the
+corpus 1x and 8x (each language's shard lists repeated 8 times) and reports its peak RSS
+(``VmHWM`` of ``/proc/self/status``: unlike ``ru_maxrss``, which Linux carries over from the
+parent through fork and exec, it starts afresh in the child). Default method: structural, the
+one that reads the most knowledge per sentence (edge marginals, L² floats per token). Each runs
+with glibc's default malloc and with a fixed ``MALLOC_MMAP_THRESHOLD_``: glibc's dynamic mmap
+threshold keeps freed large buffers resident on the heap, which grows RSS with the number of
+batches even though the stream holds no more data.
 
 Goals (design.md §5): top-wk (K=10) and posterior <= 1.3x baseline, pos+top-wk <= 1.5x; peak
 memory with 8x the corpus <= 1.1x that with 1x.
 
-Run: ``python benchmarks/student.py`` (~5-8 min on 2 cores) or ``--repeats 1 --no-memory``.
+Run: ``python benchmarks/student.py --threads 1`` (~8 min on 2 busy cores) or add
+``--repeats 1 --no-memory`` for a quick look. On a shared machine use ``--threads 1``: torch's
+default 2 OpenMP threads made every epoch ~7x slower there when other jobs held the cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -344,26 +351,29 @@ def memory_child(root: Path, method: str, scale: int) -> None:
     )
 
 
+ALLOCATORS: dict[str, dict[str, str]] = {
+    "default malloc": {},
+    # glibc raises its mmap threshold after each large free, so later large numpy buffers come
+    # from the heap and stay resident; a fixed threshold shows what the stream itself holds
+    "MALLOC_MMAP_THRESHOLD_=131072": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+}
+
+
 def measure_memory(root: Path, methods: list[str], scales: tuple[int, ...]) -> list[dict]:
+    """Peak RSS of one training epoch per (method, allocator setting, scale), each in a child."""
     rows = []
     for method in methods:
-        for scale in scales:
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--memory-child",
-                    str(root),
-                    method,
-                    str(scale),
-                    str(torch.get_num_threads()),
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  memory {method} {scale}x: {rows[-1]['peak_mb']:.0f} MB", flush=True)
+        for allocator, env in ALLOCATORS.items():
+            for scale in scales:
+                command = [sys.executable, __file__, "--memory-child", str(root), method,
+                           str(scale), str(torch.get_num_threads())]  # fmt: skip
+                done = subprocess.run(
+                    command, check=True, capture_output=True, text=True, env={**os.environ, **env}
+                )
+                rows.append(
+                    {**json.loads(done.stdout.strip().splitlines()[-1]), "allocator": allocator}
+                )
+                print(f"  memory {method} {allocator} {scale}x: {rows[-1]['peak_mb']:.0f} MB")
     return rows
 
 
@@ -415,19 +425,21 @@ def report(
         print(f"  log_marginals+KL / gold NLL: {crf / gold:.2f}x")
     if memory:
         print(f"\npeak RSS (one training epoch, buffer {cfg.shuffle_buffer} sentences):")
-        by = {(row["method"], row["scale"]): row for row in memory}
-        for method in dict.fromkeys(row["method"] for row in memory):
-            one, eight = by[method, 1], by[method, max(s for m, s in by if m == method)]
-            ratio = eight["peak_mb"] / one["peak_mb"]
+        by = {(row["method"], row["allocator"], row["scale"]): row for row in memory}
+        for method, allocator in dict.fromkeys((r["method"], r["allocator"]) for r in memory):
+            one = by[method, allocator, 1]
+            many = by[method, allocator, max(s for m, a, s in by if (m, a) == (method, allocator))]
+            ratio = many["peak_mb"] / one["peak_mb"]
             print(
-                f"  {method:<11} 1x {one['peak_mb']:6.0f} MB ({one['sentences']} sent)   "
-                f"{eight['scale']}x {eight['peak_mb']:6.0f} MB ({eight['sentences']} sent)   "
-                f"ratio {ratio:.3f}   (before the epoch {one['before_mb']:.0f} / "
-                f"{eight['before_mb']:.0f} MB, at its end {one['end_mb']:.0f} / "
-                f"{eight['end_mb']:.0f} MB)"
+                f"  {method} ({allocator}): 1x {one['peak_mb']:.0f} MB ({one['sentences']} sent), "
+                f"{many['scale']}x {many['peak_mb']:.0f} MB ({many['sentences']} sent): "
+                f"ratio {ratio:.3f}; RSS before the epoch {one['before_mb']:.0f} / "
+                f"{many['before_mb']:.0f} MB, at its end {one['end_mb']:.0f} / "
+                f"{many['end_mb']:.0f} MB"
             )
             verdicts.append(
-                f"memory {method} 8x/1x {ratio:.3f} (<= 1.1) {'MET' if ratio <= 1.1 else 'MISSED'}"
+                f"memory {method} {allocator} {many['scale']}x/1x {ratio:.3f} (<= 1.1) "
+                f"{'MET' if ratio <= 1.1 else 'MISSED'}"
             )
     print("\ngoals: " + "; ".join(verdicts))
 
@@ -450,7 +462,7 @@ def main() -> None:
     parser.add_argument(
         "--memory-methods",
         nargs="+",
-        default=["pos+topwk", "structural"],
+        default=["structural"],
         choices=METHODS,
     )
     parser.add_argument("--scale", type=int, default=8, help="corpus replication for memory")

@@ -273,6 +273,28 @@ def test_float32_matches_float64(gen):
     assert crf32.log_partition(em32.half(), mask).dtype == torch.float32
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_length_1000_and_extreme_scores_are_stable(gen, scale):
+    allowed, start_ok, end_ok = _bioes_masks()
+    crf = _crf(5, gen, (allowed, start_ok, end_ok), scale=scale)
+    emissions, mask = _batch(gen, [1000, 1, 437], 5, scale=scale)
+    emissions.requires_grad_(True)
+    log_z = crf.log_partition(emissions, mask)
+    (grad,) = torch.autograd.grad(log_z.sum(), emissions)
+    assert torch.isfinite(log_z).all() and torch.isfinite(grad).all()
+    flat, offsets = _flat(emissions, mask)
+    post = K.forward_backward(emissions=flat, offsets=offsets, **crf.numpy_params())
+    np.testing.assert_allclose(log_z.detach().numpy(), post.log_z, rtol=1e-12)
+    with torch.no_grad():
+        marg = crf.log_marginals(emissions, mask).exp()
+    np.testing.assert_allclose(_flat(marg, mask)[0], np.exp(post.log_marginals), atol=1e-8)
+    # |log Z| reaches 1e7 at scale 1e4: float64 resolves its exponent to ~1e-9 per step only
+    torch.testing.assert_close(grad, marg * mask[..., None], rtol=0, atol=1e-10 * scale)
+    decoded = crf.decode(emissions, mask)
+    best = K.viterbi(emissions=flat, offsets=offsets, **crf.numpy_params())
+    assert np.array_equal(_flat(decoded, mask)[0], best.tags)
+
+
 def test_nll_is_positive_and_reductions_agree(gen):
     emissions, mask = _batch(gen, [3, 5, 1], 4)
     crf = _crf(4, gen)

@@ -84,3 +84,12 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Use it as ``EncoderConfig(name_or_path=str(tiny_encoder_dir), layer=-1)`` (features are 32-d).
     """
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: extra intra-op threads only add OpenMP barrier waits (seconds when busy)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -11,14 +11,7 @@ from torchcrf import CRF as TorchCRF
 from structkd.pipeline import crf_kernels as K
 from structkd.pipeline.crf import CRF
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: extra intra-op threads only add OpenMP barrier waits (seconds when busy)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -29,8 +29,9 @@ class CorpusSpec:
     """Where one language's splits live and how to read them.
 
     ``dev_split`` holds out that fraction of the training sentences (the last ones) as the dev
-    set when the corpus has none (SemEval, as the paper did); ``train_limit`` keeps that many
-    training sentences, evenly spaced through the file, for experiments on a budget.
+    set when the corpus has none (SemEval, as the paper did); ``train_limit``, ``dev_limit`` and
+    ``test_limit`` keep that many sentences of the split, evenly spaced through it, for
+    experiments on a budget (every model of a run then sees the same subsample).
     """
 
     format: Format
@@ -42,6 +43,12 @@ class CorpusSpec:
     tag_column: int = -1
     dev_split: float = 0.0
     train_limit: int | None = None
+    dev_limit: int | None = None
+    test_limit: int | None = None
+
+    def limit(self, split: str) -> int | None:
+        """How many sentences of ``split`` to keep (None: all)."""
+        return {"train": self.train_limit, "dev": self.dev_limit, "test": self.test_limit}[split]
 
     def splits(self) -> dict[str, str]:
         """The splits and the file each is read from (a held-out dev names the train file)."""
@@ -245,6 +252,14 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         missing = [s for s in ("train", "dev", "test") if s not in spec.splits()]
         if missing:
             raise ConfigError(f"{source}: data.languages.{lang} has no {missing[0]} split")
+    for group in ("languages", "zero_shot"):
+        for lang, spec in getattr(params.data, group).items():
+            for split in ("train", "dev", "test"):
+                limit = spec.limit(split)
+                if limit is not None and (isinstance(limit, bool) or limit < 1):
+                    raise ConfigError(
+                        f"{source}: data.{group}.{lang}.{split}_limit must be a positive integer"
+                    )
     for lang, spec in params.data.zero_shot.items():
         if spec.test is None:
             raise ConfigError(f"{source}: data.zero_shot.{lang} has no test split")

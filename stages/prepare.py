@@ -16,12 +16,12 @@ from structkd.pipeline.params import CorpusSpec
 
 
 def select(sentences: list, split: str, spec: CorpusSpec) -> list:
-    """Apply ``dev_split`` (dev = the last fraction of train) and ``train_limit`` (even spread)."""
+    """Apply ``dev_split`` (dev = the last fraction of train), then the split's limit (spread)."""
     if spec.dev_split and split in ("train", "dev"):
         cut = len(sentences) - max(1, round(spec.dev_split * len(sentences)))
         sentences = sentences[:cut] if split == "train" else sentences[cut:]
-    if split == "train" and spec.train_limit and spec.train_limit < len(sentences):
-        n, k = len(sentences), spec.train_limit
+    k, n = spec.limit(split), len(sentences)
+    if k is not None and k < n:
         sentences = [sentences[j * n // k] for j in range(k)]
     return sentences
 

@@ -90,6 +90,23 @@ def test_dev_split_and_train_limit() -> None:
     assert dev == list(range(90, 100))
     assert len(train) == 30 and train[0] == 0 and max(train) < 90
     assert select(sentences, "test", corpus) == sentences
+    limited = parse_params(
+        {
+            **raw,
+            "data": {
+                **raw["data"],
+                "languages": {"en": {**spec, "dev_limit": 4, "test_limit": 50}},
+            },
+        }
+    ).data.languages["en"]
+    assert select(sentences, "dev", limited) == [90, 92, 95, 97]
+    assert select(sentences, "test", limited) == list(range(0, 100, 2))
+    assert select(sentences[:3], "test", limited) == [0, 1, 2]
+    for bad in (0, -5):
+        spec["test_limit"] = bad
+        with pytest.raises(ConfigError, match="data.languages.en.test_limit must be a positive"):
+            parse_params(raw)
+    del spec["test_limit"]
     spec["dev"] = "b"
     with pytest.raises(ConfigError, match="has both dev and dev_split"):
         parse_params(raw)

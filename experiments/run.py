@@ -59,18 +59,22 @@ LABELS = {
 SUPPLEMENTS = {
     "conll-1500": "experiments/conll.yaml at commit 75d4c4b (1,500 train sentences, full dev "
     "and test, teachers 2,000-token batches, 20 epochs): python experiments/run.py conll --seeds 1",
+    "conll-strong": "python experiments/run.py conll-strong --seeds 1 2 3 "
+    "--methods baseline topwk posterior pos+topwk",
 }
 
 
-def absolute_params(task: str) -> dict:
-    """The task's params with corpus paths made absolute (they are relative to experiments/)."""
+def absolute_params(task: str) -> tuple[dict, dict]:
+    """The task's pipeline params with corpus paths made absolute (they are relative to
+    experiments/), and its ``experiment`` section (run-level options that are not params)."""
     params = yaml.safe_load((HERE / f"{task}.yaml").read_text())
+    experiment = params.pop("experiment", {})
     for group in ("languages", "zero_shot"):
         for spec in params["data"].get(group, {}).values():
             for split in ("train", "dev", "test"):
                 if split in spec:
                     spec[split] = str((HERE / spec[split]).resolve())
-    return params
+    return params, experiment
 
 
 def stage(project: Path, *args: str, log: Path) -> float:
@@ -98,7 +102,7 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
     task_dir = RUNS / task
     base = task_dir / "base"
     base.mkdir(parents=True, exist_ok=True)
-    params = absolute_params(task)
+    params, experiment = absolute_params(task)
     params["student"]["methods"] = methods
     (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = task_dir / "log.txt"
@@ -106,11 +110,13 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
     if not (base / "data" / "prepared" / "labels.json").exists():
         record_time(task_dir, "prepare", stage(base, "prepare", log=log))
     record_time(task_dir, "embed", stage(base, "embed", log=log))
+    teachers = base
+    if "teacher_train_limit" in experiment:
+        teachers = teacher_project(task_dir, params, experiment["teacher_train_limit"], log)
     for lang in params["data"]["languages"]:
-        if not (base / "models" / "teachers" / lang / "metrics.json").exists():
-            record_time(
-                task_dir, f"teacher {lang}", stage(base, "train-teacher", lang, "--resume", log=log)
-            )
+        if not (teachers / "models" / "teachers" / lang / "metrics.json").exists():
+            seconds = stage(teachers, "train-teacher", lang, "--resume", log=log)
+            record_time(task_dir, f"teacher {lang}", seconds)
     record_time(task_dir, "export", stage(base, "export-teachers", log=log))
     for seed in seeds:
         project = task_dir / f"seed-{seed}"
@@ -177,6 +183,32 @@ def sizes(base: Path) -> dict[str, dict[str, int]]:
         }
         for lang in sorted(p for p in prepared.iterdir() if p.is_dir())
     }
+
+
+def teacher_project(task_dir: Path, params: dict, train_limit: int, log: Path) -> Path:
+    """A project whose teachers train on ``train_limit`` sentences per language, linked in as
+    the base's teachers: they then label the base's (smaller) training set at export.
+
+    When the larger limit is a multiple of the smaller (3,200 = 4 x 800), its evenly spread
+    sentences include every one of the smaller set, so the teachers have seen the students'
+    sentences, as in the paper."""
+    project = task_dir / "teachers"
+    (project / "models").mkdir(parents=True, exist_ok=True)
+    languages = {
+        lang: {**spec, "train_limit": train_limit}
+        for lang, spec in params["data"]["languages"].items()
+    }
+    bigger = {**params, "data": {**params["data"], "languages": languages}}
+    (project / "params.yaml").write_text(yaml.safe_dump(bigger, sort_keys=False))
+    if not (project / "data" / "prepared" / "labels.json").exists():
+        record_time(task_dir, "prepare teachers' data", stage(project, "prepare", log=log))
+    record_time(task_dir, "embed teachers' data", stage(project, "embed", log=log))
+    (project / "models" / "teachers").mkdir(exist_ok=True)
+    link = task_dir / "base" / "models" / "teachers"
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(project / "models" / "teachers", link)
+    return project
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -419,7 +451,9 @@ def report() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("tasks", nargs="*", help=f"any of {', '.join(TASKS)}")
+    parser.add_argument(
+        "tasks", nargs="*", help=f"{', '.join(TASKS)} or another experiments/<name>.yaml"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument(
         "--methods",
@@ -428,9 +462,9 @@ def main() -> None:
     )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    unknown = [t for t in args.tasks if t not in TASKS]
+    unknown = [t for t in args.tasks if not (HERE / f"{t}.yaml").exists()]
     if unknown:
-        parser.error(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+        parser.error(f"no experiments/{unknown[0]}.yaml; the tasks are {', '.join(TASKS)}")
     if not args.report_only:
         if shutil.which("structkd") is None:
             raise SystemExit("structkd is not on PATH: activate the project's venv first")

@@ -234,7 +234,14 @@ def collect(name: str) -> dict | None:
                     table.setdefault(model, {}).setdefault(column, []).append(value)
     meta = json.loads((folder / "meta.json").read_text())
     timings = json.loads((folder / "timings.json").read_text())
-    return {"table": table, "runs": runs, "meta": meta, "timings": timings, "folder": folder}
+    return {
+        "table": table,
+        "runs": runs,
+        "seeds": len(runs),
+        "meta": meta,
+        "timings": timings,
+        "folder": folder,
+    }
 
 
 def cell(values: list[float] | None) -> str:
@@ -262,8 +269,7 @@ def render(name: str, result: dict, command: str) -> list[str]:
     langs, zero = ordered_languages(task, result)
     metric = "accuracy" if task == "udpos" else "F1"
     columns = [*langs, "avg", *zero, *(["zero_shot_avg"] if zero else [])]
-    table, runs = result["table"], result["runs"]
-    seeds = len(runs)
+    table, runs, seeds = result["table"], result["runs"], result["seeds"]
     header = [LABELS.get(c, c) for c in columns]
     sizes_ = result["meta"]["sizes"]
     data = "; ".join(
@@ -412,6 +418,89 @@ def open_comment(task: str) -> str:
     return (HERE / f"{task}.yaml").read_text().split("\n", 1)[0].lstrip("# ")
 
 
+def overview(results: dict[str, dict]) -> list[str]:
+    """One row per model, one column per task: the average over the teacher languages."""
+    if not results:
+        return []
+    tasks = list(results)
+    lines = [
+        "## Overview",
+        "",
+        "Average test score over each task's teacher languages (F1; UD POS: accuracy), mean ± "
+        "std over seeds; zero-shot averages in the task sections.",
+        "",
+        "| model | " + " | ".join(f"{t} ({results[t]['seeds']} seeds)" for t in tasks) + " |",
+        "|---" * (len(tasks) + 1) + "|",
+    ]
+    for model in MODELS:
+        cells = [cell(results[t]["table"].get(model, {}).get("avg")) for t in tasks]
+        lines.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def gain_versus_gap(results: dict[str, dict]) -> list[str]:
+    """Does a method gain where the teacher beats the baseline? One point per (task, language)."""
+    import statistics
+
+    import matplotlib.pyplot as plt
+
+    points: dict[str, list[tuple[str, float, float]]] = {}
+    for task, result in results.items():
+        table = result["table"]
+        langs, _ = ordered_languages(task, result)
+        for model in MODELS[2:]:
+            for lang in langs:
+                values = [table.get(m, {}).get(lang) for m in ("Teachers", "baseline", model)]
+                if all(values):
+                    teacher, base, student = (mean_std(v)[0] for v in values)
+                    points.setdefault(model, []).append((task, teacher - base, student - base))
+    if not points:
+        return []
+    lines = [
+        "## Where distillation helps",
+        "",
+        "Per language: x = teacher − baseline, y = method − baseline (test, mean over seeds). "
+        "r is Pearson's correlation over all languages of all tasks.",
+        "",
+        "| method | languages | r | gain, teacher > baseline | gain, teacher ≤ baseline |",
+        "|---|---|---|---|---|",
+    ]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers = dict(zip(TASKS, "osD^", strict=True))
+    for model, found in points.items():
+        xs, ys = [x for _, x, _ in found], [y for _, _, y in found]
+        r = statistics.correlation(xs, ys) if len(found) > 2 else float("nan")
+        above = [y for x, y in zip(xs, ys, strict=True) if x > 0]
+        below = [y for x, y in zip(xs, ys, strict=True) if x <= 0]
+        lines.append(
+            f"| {LABELS[model]} | {len(found)} | {r:+.2f} | "
+            + " | ".join(f"{sum(g) / len(g):+.2f} ({len(g)})" if g else "–" for g in (above, below))
+            + " |"
+        )
+        if model in ("posterior", "pos+topwk", "structural"):
+            for task in results:
+                mine = [(x, y) for t, x, y in found if t == task]
+                ax.scatter(
+                    [x for x, _ in mine],
+                    [y for _, y in mine],
+                    marker=markers.get(task, "o"),
+                    color=f"C{MODELS.index(model)}",
+                    label=f"{LABELS[model]}, {task}",
+                    alpha=0.75,
+                )
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("teacher − baseline (points)")
+    ax.set_ylabel("student − baseline (points)")
+    ax.legend(fontsize="xx-small", ncol=3)
+    fig.tight_layout()
+    figure = ROOT / "reports" / "figures" / "gain_vs_teacher_gap.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+    return [*lines, "", "![gain versus teacher gap](figures/gain_vs_teacher_gap.png)", ""]
+
+
 def report() -> None:
     """Write reports/results.md from the committed results (after syncing finished runs)."""
     for folder in sorted(RUNS.glob("*")) if RUNS.exists() else []:
@@ -430,19 +519,24 @@ def report() -> None:
         "training sets, so compare the *differences* between rows, not the levels.",
         "",
     ]
+    results = {task: collect(task) for task in TASKS}
+    done = {task: result for task, result in results.items() if result is not None}
+    lines += overview(done)
     findings = HERE / "findings.md"
     if findings.exists():
         lines += [findings.read_text().strip(), ""]
-    for task in TASKS:
-        result = collect(task)
+    lines += gain_versus_gap(done)
+    for task, result in results.items():
         if result is None:
             lines += [f"## {task}", "", "Not run yet.", ""]
             continue
         lines += render(task, result, f"python experiments/run.py {task} --seeds 1 2 3")
-    for name, command in SUPPLEMENTS.items():
-        result = collect(name)
+    supplements = {name: collect(name) for name in SUPPLEMENTS}
+    if any(supplements.values()):
+        lines += ["# Supplements", ""]
+    for name, result in supplements.items():
         if result is not None:
-            lines += ["# Supplement", "", *render(name, result, command)]
+            lines += render(name, result, SUPPLEMENTS[name])
     out = ROOT / "reports" / "results.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))

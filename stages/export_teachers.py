@@ -1,21 +1,26 @@
 """Stage ``export-teachers``: run each teacher once over its training corpus into knowledge shards.
 
 Writes ``knowledge/<lang>/part-NNNNN.parquet`` + ``manifest.json`` (design.md §3), one dask task
-per shard, on a LocalCluster (``--workers N``) or an existing cluster (``--scheduler ADDRESS``).
-Reuse is by content: a language whose key (teacher weights, prepared corpus, features, export
-settings, schema version) is unchanged runs no teacher; an interrupted or corrupted export
-recomputes only what is missing or broken. A file lock per language lets two exports share a
-cache safely.
+per shard, every language's shards in one submission, on a LocalCluster (``--workers N``) or an
+existing cluster (``--scheduler ADDRESS``). Reuse is by content: a language whose key (teacher
+weights, prepared corpus, features, export settings, schema version) is unchanged runs no
+teacher; an interrupted or corrupted export recomputes only what is missing or broken. A file
+lock per language lets two exports share a cache safely.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from structkd.pipeline.layout import ParamsPath, open_project
+
+if TYPE_CHECKING:
+    from dask.distributed import Client
 
 
 def main(
@@ -28,10 +33,9 @@ def main(
     ] = None,
 ) -> None:
     """Export Top-K paths, marginals and emissions of every teacher (cached by content)."""
-    import logging
     from dataclasses import asdict
 
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
     from tqdm import tqdm
 
     from structkd.pipeline.data import shard_paths
@@ -64,38 +68,28 @@ def main(
         names = [p.name for p in shard_paths(prepared)]
         plans.append((lang, key, digests, names, prepared, features, teacher))
 
-    cluster = None
-    client = None
-    try:
-        for lang, key, digests, names, prepared, features, teacher in plans:
+    with ExitStack() as stack:
+        # every language's lock, in one order (no deadlock between two exports), then every
+        # missing shard of every language in one submission, so all workers stay busy
+        pending: dict[str, tuple] = {}
+        jobs: list[tuple[str, ShardJob]] = []
+        for lang, key, digests, names, prepared, features, teacher in sorted(plans):
             entry = cache.entry(lang)
-            with entry.lock():
-                if entry.status(key) == "hit":
-                    typer.echo(f"knowledge {lang}: up to date, no teacher run (key {key[:12]})")
-                    continue
-                problems = entry.problems(key)
-                entry.begin(key, inputs=digests)
-                todo = entry.missing_shards(key, names)
-                typer.echo(
-                    f"knowledge {lang}: computing {len(todo)} of {len(names)} shards "
-                    f"({problems[0] if problems else 'new'})"
-                )
-                if client is None:
-                    if scheduler:
-                        client = Client(scheduler)
-                    else:
-                        cluster = LocalCluster(
-                            n_workers=workers or settings.workers,
-                            threads_per_worker=1,
-                            processes=True,
-                            dashboard_address=None,
-                            # no fixed port 8787 (two exports at once), no worker tracebacks:
-                            # a failed shard reaches the user as one Error line
-                            scheduler_kwargs={"dashboard_address": ":0"},
-                            silence_logs=logging.CRITICAL,
-                        )
-                        client = Client(cluster)
-                jobs = [
+            stack.enter_context(entry.lock())
+            if entry.status(key) == "hit":
+                typer.echo(f"knowledge {lang}: up to date, no teacher run (key {key[:12]})")
+                continue
+            problems = entry.problems(key)
+            entry.begin(key, inputs=digests)
+            todo = entry.missing_shards(key, names)
+            typer.echo(
+                f"knowledge {lang}: computing {len(todo)} of {len(names)} shards "
+                f"({problems[0] if problems else 'new'})"
+            )
+            pending[lang] = (entry, key, names, len(todo))
+            jobs += [
+                (
+                    lang,
                     ShardJob(
                         teacher_dir=str(teacher),
                         prepared=str(prepared / name),
@@ -104,23 +98,59 @@ def main(
                         cache_key=key,
                         digests=tuple(sorted(digests.items())),
                         settings=settings,
-                    )
-                    for name in todo
-                ]
-                futures = client.map(export_shard, jobs, pure=False)
-                # closed on error too, so the Error line starts on a line of its own
-                with tqdm(total=len(jobs), desc=f"export {lang}", unit="shard", leave=False) as bar:
-                    for future in as_completed(futures):
-                        try:
-                            timing = future.result()
-                        except StructkdError:
-                            client.cancel(futures)
-                            raise
-                        entry.record(key, timing.record)
-                        bar.update()
-                entry.commit(key, names)
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+                    ),
+                )
+                for name in todo
+            ]
+        if not pending:
+            return
+        left = {lang: todo for lang, (_, _, _, todo) in pending.items()}
+        for lang in [lang for lang, todo in left.items() if todo == 0]:
+            entry, key, names, _ = pending[lang]
+            entry.commit(key, names)
+        if not jobs:
+            return
+        client = stack.enter_context(_client(scheduler, workers or settings.workers))
+        futures = {client.submit(export_shard, job, pure=False): lang for lang, job in jobs}
+        # closed on error too, so the Error line starts on a line of its own
+        with tqdm(total=len(jobs), desc="export", unit="shard", leave=False) as bar:
+            for future in as_completed(futures):
+                lang = futures[future]
+                entry, key, names, _ = pending[lang]
+                try:
+                    timing = future.result()
+                except StructkdError:
+                    client.cancel(list(futures))
+                    raise
+                entry.record(key, timing.record)
+                bar.update()
+                left[lang] -= 1
+                if left[lang] == 0:
+                    entry.commit(key, names)
+
+
+@contextmanager
+def _client(scheduler: str | None, workers: int) -> Iterator[Client]:
+    """A client of the given scheduler, or of a LocalCluster of ``workers`` processes."""
+    import logging
+
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            # no fixed port 8787 (two exports at once), no worker tracebacks: a failed shard
+            # reaches the user as one Error line
+            scheduler_kwargs={"dashboard_address": ":0"},
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

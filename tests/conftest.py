@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from e2e_project import one_torch_thread
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
@@ -86,10 +88,8 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
+@pytest.fixture(scope="module", name="one_torch_thread")
+def one_torch_thread_fixture() -> Iterator[None]:
     """Tiny tensors: extra intra-op threads only add OpenMP barrier waits (seconds when busy)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield

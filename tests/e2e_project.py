@@ -46,11 +46,20 @@ def slice_conllu(source: Path, target: Path, n: int) -> None:
     target.write_text("\n\n".join(b.strip("\n") for b in blocks[:n]) + "\n\n", "utf-8")
 
 
-def project_params(encoder_dir: Path, methods: Sequence[str] = METHODS) -> dict:
-    """params.yaml content of the tiny project (corpus paths relative to the project root)."""
+def project_params(
+    encoder_dir: Path,
+    methods: Sequence[str] = METHODS,
+    *,
+    languages: Sequence[str] = TEACHERS,
+    zero_shot: Sequence[str] = ZERO_SHOT,
+    corpus_dir: str = "data/sample",
+    shard_size: int = SHARD_SIZE,
+) -> dict:
+    """params.yaml content of a tiny project (corpora at ``<corpus_dir>/<lang>/<split>.conllu``,
+    relative to the project root)."""
 
     def corpus(lang: str, splits: Sequence[str]) -> dict:
-        paths = {s: f"data/sample/{lang}/{s}.conllu" for s in splits}
+        paths = {s: f"{corpus_dir}/{lang}/{s}.conllu" for s in splits}
         return {"format": "conllu", "scheme": "none", **paths}
 
     train = {"max_tokens": 400, "max_epochs": 2, "patience": 2, "lr": 0.01, "seed": 3}
@@ -58,10 +67,10 @@ def project_params(encoder_dir: Path, methods: Sequence[str] = METHODS) -> dict:
         "data": {
             "task": "upos",
             "labels": UPOS,
-            "languages": {lang: corpus(lang, ("train", "dev", "test")) for lang in TEACHERS},
-            "zero_shot": {lang: corpus(lang, ("test",)) for lang in ZERO_SHOT},
+            "languages": {lang: corpus(lang, ("train", "dev", "test")) for lang in languages},
+            "zero_shot": {lang: corpus(lang, ("test",)) for lang in zero_shot},
         },
-        "prepare": {"shard_size": SHARD_SIZE},
+        "prepare": {"shard_size": shard_size},
         "embed": {
             "encoder": str(encoder_dir),
             "layer": -1,
@@ -90,18 +99,34 @@ def project_params(encoder_dir: Path, methods: Sequence[str] = METHODS) -> dict:
     }
 
 
-def build_project(root: Path, encoder_dir: Path, methods: Sequence[str] = METHODS) -> Path:
+def build_project(
+    root: Path,
+    encoder_dir: Path,
+    methods: Sequence[str] = METHODS,
+    *,
+    languages: Sequence[str] = TEACHERS,
+    zero_shot: Sequence[str] = ZERO_SHOT,
+    sizes: dict[str, int] = SPLIT_SIZES,
+    corpus_dir: str = "data/sample",
+    shard_size: int = SHARD_SIZE,
+) -> Path:
     """Write the sliced corpora and params.yaml under ``root``; returns the params.yaml path."""
-    for lang in TEACHERS:
-        for split, n in SPLIT_SIZES.items():
-            slice_conllu(
-                SAMPLE / lang / f"{split}.conllu", root / f"data/sample/{lang}/{split}.conllu", n
-            )
-    for lang in ZERO_SHOT:
-        slice_conllu(SAMPLE / lang / "test.conllu", root / f"data/sample/{lang}/test.conllu", 20)
-    params = root / "params.yaml"
-    write_params(params, project_params(encoder_dir, methods))
-    return params
+    for lang in languages:
+        for split, n in sizes.items():
+            target = root / corpus_dir / lang / f"{split}.conllu"
+            slice_conllu(SAMPLE / lang / f"{split}.conllu", target, n)
+    for lang in zero_shot:
+        target = root / corpus_dir / lang / "test.conllu"
+        slice_conllu(SAMPLE / lang / "test.conllu", target, sizes["test"])
+    params = project_params(
+        encoder_dir,
+        methods,
+        languages=languages,
+        zero_shot=zero_shot,
+        corpus_dir=corpus_dir,
+        shard_size=shard_size,
+    )
+    return write_params(root / "params.yaml", params)
 
 
 def write_params(path: Path, params: dict) -> Path:

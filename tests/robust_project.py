@@ -14,12 +14,11 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+import e2e_project
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from e2e_project import SAMPLE, UPOS, slice_conllu, write_params
 from typer.testing import CliRunner
 
 from structkd.pipeline.cli import app
@@ -30,53 +29,19 @@ SIZES = {"train": 48, "dev": 12, "test": 12}
 SHARD_SIZE = 8
 
 
-def params_dict(encoder_dir: Path) -> dict[str, Any]:
-    """params.yaml content: corpora under ``corpora/<lang>/<split>.conllu``, tiny models."""
-    train = {"max_tokens": 300, "max_epochs": 2, "patience": 5, "lr": 0.01, "seed": 7}
-    languages = {
-        lang: {"format": "conllu", "scheme": "none"}
-        | {split: f"corpora/{lang}/{split}.conllu" for split in SIZES}
-        for lang in LANGS
-    }
-    return {
-        "data": {"task": "upos", "labels": list(UPOS), "languages": languages},
-        "prepare": {"shard_size": SHARD_SIZE},
-        "embed": {
-            "encoder": str(encoder_dir),
-            "layer": -1,
-            "window": 64,
-            "batch_size": 16,
-            "dtype": "float32",
-        },
-        "teacher": train
-        | {
-            "hidden": 8,
-            "dropout": 0.0,
-            "word_dim": 4,
-            "char_dim": 4,
-            "char_hidden": 4,
-        },
-        "export": {"k": 3, "edge_marginals": True, "workers": 1},
-        "student": train
-        | {
-            "methods": ["posterior"],
-            "hidden": 8,
-            "dropout": 0.1,
-            "k": 3,
-            "shuffle_buffer": 20,
-        },
-    }
-
-
 def build_project(root: Path, encoder_dir: Path) -> Path:
-    """Write the corpus slices and params.yaml under ``root``; returns the params.yaml path."""
-    for lang in LANGS:
-        for split, n in SIZES.items():
-            slice_conllu(
-                SAMPLE / lang / f"{split}.conllu", root / f"corpora/{lang}/{split}.conllu", n
-            )
-    write_params(root / "params.yaml", params_dict(encoder_dir))
-    return root / "params.yaml"
+    """The end-to-end tests' tiny project with small shards and one student method: corpora
+    under ``corpora/<lang>/<split>.conllu``; returns the params.yaml path."""
+    return e2e_project.build_project(
+        root,
+        encoder_dir,
+        ("posterior",),
+        languages=LANGS,
+        zero_shot=(),
+        sizes=SIZES,
+        corpus_dir="corpora",
+        shard_size=SHARD_SIZE,
+    )
 
 
 def cli(params: Path, *args: str) -> str:

@@ -24,7 +24,6 @@ from e2e_project import (
     cli,
     cli_error,
     copy_project,
-    one_torch_thread,
     read_params,
     shared_project,
     write_params,
@@ -39,13 +38,7 @@ from structkd.storage.manifest import read_manifest, verify
 from structkd.storage.schemas import KnowledgeArrays, KnowledgeMeta, knowledge_schema
 from structkd.storage.shards import read_shard, shard_metadata
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="session")

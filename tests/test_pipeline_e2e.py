@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,6 @@ from e2e_project import (
     cli,
     cli_error,
     copy_project,
-    one_torch_thread,
     read_params,
     shared_project,
     write_params,
@@ -45,14 +43,8 @@ from structkd.pipeline.predictor import Predictor
 from structkd.storage.manifest import verify
 from structkd.storage.shards import read_shard
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 MODEL_FILES = {"config.json", "model.safetensors", "labels.json", "checkpoint.pt", "history.csv"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from structkd.pipeline.errors import InputError, StructkdError
-from structkd.storage.schemas import FeaturesArrays, FeaturesMeta, PreparedArrays, PreparedMeta
+from structkd.storage.arrays import FeaturesArrays, PreparedArrays
+from structkd.storage.schemas import FeaturesMeta, PreparedMeta
 from structkd.storage.shards import read_shard, shard_metadata
 
 

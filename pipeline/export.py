@@ -20,14 +20,9 @@ from structkd.pipeline.data import budget_batches
 from structkd.pipeline.errors import InputError
 from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.params import ExportParams
+from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
 from structkd.storage.manifest import ShardRecord
-from structkd.storage.schemas import (
-    FeaturesArrays,
-    FeaturesMeta,
-    KnowledgeArrays,
-    KnowledgeMeta,
-    PreparedArrays,
-)
+from structkd.storage.schemas import FeaturesMeta, KnowledgeMeta
 from structkd.storage.shards import read_shard, shard_metadata, write_table_atomic
 
 TEACHER_BATCH_TOKENS = 4000

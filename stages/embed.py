@@ -22,8 +22,9 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
 
     from structkd.pipeline.data import shard_paths
     from structkd.pipeline.encoder import EncoderConfig, WordEncoder
+    from structkd.storage.arrays import FeaturesArrays, PreparedArrays
     from structkd.storage.cache import CacheEntry, cache_key, content_digest
-    from structkd.storage.schemas import FeaturesArrays, FeaturesMeta, PreparedArrays
+    from structkd.storage.schemas import FeaturesMeta
     from structkd.storage.shards import read_shard, write_table_atomic
 
     params, layout = open_project(params_path)

@@ -18,7 +18,8 @@ def show(
     """Schema, metadata and counts of a knowledge shard; optionally one sentence's top-k paths."""
     import numpy as np
 
-    from structkd.storage.schemas import KnowledgeArrays, KnowledgeMeta
+    from structkd.storage.arrays import KnowledgeArrays
+    from structkd.storage.schemas import KnowledgeMeta
     from structkd.storage.shards import read_shard, shard_metadata
 
     meta = KnowledgeMeta.from_metadata(shard_metadata(path))
@@ -72,7 +73,7 @@ def _tokens(path: Path, sent_id: int) -> list[str] | None:
     """The sentence's words from the prepared shard of the same name, if the project has it."""
     import numpy as np
 
-    from structkd.storage.schemas import PreparedArrays
+    from structkd.storage.arrays import PreparedArrays
     from structkd.storage.shards import read_shard
 
     prepared = (

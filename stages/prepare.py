@@ -36,7 +36,8 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
     from structkd.pipeline.errors import InputError
     from structkd.pipeline.labels import LabelSet
     from structkd.pipeline.schemes import to_bioes, validate_sentences
-    from structkd.storage.schemas import PreparedArrays, PreparedMeta, labels_digest
+    from structkd.storage.arrays import PreparedArrays
+    from structkd.storage.schemas import PreparedMeta, labels_digest
     from structkd.storage.shards import shard_name, write_table_atomic
 
     params, layout = open_project(params_path)

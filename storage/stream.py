@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from structkd.pipeline.errors import ConfigError, InputError, StructkdError
+from structkd.storage.arrays import list_values
 from structkd.storage.manifest import INVALID_PARQUET
 from structkd.storage.schemas import (
     FeaturesMeta,
@@ -40,7 +41,6 @@ from structkd.storage.schemas import (
     PreparedMeta,
     TableKind,
     labels_digest,
-    list_values,
 )
 from structkd.storage.shards import check_metadata, open_shard
 

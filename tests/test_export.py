@@ -34,8 +34,9 @@ from structkd.pipeline.crf import CRF
 from structkd.pipeline.data import load_split, shard_paths
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.models import load_tagger
+from structkd.storage.arrays import KnowledgeArrays
 from structkd.storage.manifest import read_manifest, verify
-from structkd.storage.schemas import KnowledgeArrays, KnowledgeMeta, knowledge_schema
+from structkd.storage.schemas import KnowledgeMeta, knowledge_schema
 from structkd.storage.shards import read_shard, shard_metadata
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

@@ -13,6 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from structkd.pipeline.errors import InputError, StructkdError
+from structkd.storage.arrays import (
+    FeaturesArrays,
+    KnowledgeArrays,
+    PreparedArrays,
+    list_array,
+    list_values,
+)
 from structkd.storage.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -26,15 +33,10 @@ from structkd.storage.schemas import (
     FEATURES_SCHEMA,
     KNOWLEDGE_SCHEMA,
     PREPARED_SCHEMA,
-    FeaturesArrays,
     FeaturesMeta,
-    KnowledgeArrays,
     KnowledgeMeta,
-    PreparedArrays,
     PreparedMeta,
     labels_digest,
-    list_array,
-    list_values,
 )
 from structkd.storage.shards import read_shard, shard_metadata, shard_name, write_table_atomic
 

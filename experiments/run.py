@@ -438,6 +438,44 @@ def overview(results: dict[str, dict]) -> list[str]:
     return [*lines, ""]
 
 
+def goals(results: dict[str, dict]) -> list[str]:
+    """design.md §5's quality goals, per run: met or not, with the numbers behind the verdict."""
+    lines = [
+        "## Quality goals (design.md §5)",
+        "",
+        "Posterior KD should beat the baseline student on the language average and close ≥ 30% "
+        "of the teacher–baseline gap; on zero-shot languages a student should beat the "
+        "teachers' average.",
+        "",
+        "| run | posterior − baseline (avg) | teachers − baseline | gap closed | "
+        "0-shot: posterior vs teachers |",
+        "|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        runs = result["runs"]
+        table = result["table"]
+        diffs = [
+            r["posterior"]["avg"] - r["baseline"]["avg"]
+            for r in runs.values()
+            if "posterior" in r and "baseline" in r
+        ]
+        if not diffs or "Teachers" not in table:
+            continue
+        gain = mean_std(diffs)[0]
+        gap = mean_std(table["Teachers"]["avg"])[0] - mean_std(table["baseline"]["avg"])[0]
+        closed = f"{gain / gap * 100:.0f}%" if gap > 0 else "no gap: teachers ≤ baseline"
+        zero = "–"
+        if table["posterior"].get("zero_shot_avg") and table["Teachers"].get("zero_shot_avg"):
+            student = mean_std(table["posterior"]["zero_shot_avg"])[0]
+            teacher = mean_std(table["Teachers"]["zero_shot_avg"])[0]
+            zero = f"{student:.2f} vs {teacher:.2f} ({'met' if student > teacher else 'missed'})"
+        lines.append(
+            f"| {name} | {delta(diffs)} ({'met' if gain > 0 else 'missed'}) | {gap:+.2f} | "
+            f"{closed}{' (met)' if gap > 0 and gain / gap >= 0.3 else ''} | {zero} |"
+        )
+    return [*lines, ""]
+
+
 def gain_versus_gap(results: dict[str, dict]) -> list[str]:
     """Does a method gain where the teacher beats the baseline? One point per (task, language)."""
     import statistics
@@ -521,7 +559,9 @@ def report() -> None:
     ]
     results = {task: collect(task) for task in TASKS}
     done = {task: result for task, result in results.items() if result is not None}
+    supplements = {name: collect(name) for name in SUPPLEMENTS}
     lines += overview(done)
+    lines += goals({**done, **{n: r for n, r in supplements.items() if r is not None}})
     findings = HERE / "findings.md"
     if findings.exists():
         lines += [findings.read_text().strip(), ""]
@@ -531,7 +571,6 @@ def report() -> None:
             lines += [f"## {task}", "", "Not run yet.", ""]
             continue
         lines += render(task, result, f"python experiments/run.py {task} --seeds 1 2 3")
-    supplements = {name: collect(name) for name in SUPPLEMENTS}
     if any(supplements.values()):
         lines += ["# Supplements", ""]
     for name, result in supplements.items():

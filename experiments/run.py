@@ -244,6 +244,13 @@ def collect(name: str) -> dict | None:
     }
 
 
+def scores(table: dict, model: str, column: str) -> list[float]:
+    """A model's scores in a column over the seeds; the teachers are one run shared by every
+    seed, so their repeated value counts once (no spread)."""
+    values = table.get(model, {}).get(column, [])
+    return values[:1] if model == "Teachers" else values
+
+
 def cell(values: list[float] | None) -> str:
     if not values:
         return "–"
@@ -292,7 +299,7 @@ def render(name: str, result: dict, command: str) -> list[str]:
     ]
     for model in MODELS:
         if model in table:
-            cells = [cell(table[model].get(c)) for c in columns]
+            cells = [cell(scores(table, model, c)) for c in columns]
             lines.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + " |")
     paper = PAPER.get(task)
     if paper:
@@ -433,7 +440,7 @@ def overview(results: dict[str, dict]) -> list[str]:
         "|---" * (len(tasks) + 1) + "|",
     ]
     for model in MODELS:
-        cells = [cell(results[t]["table"].get(model, {}).get("avg")) for t in tasks]
+        cells = [cell(scores(results[t]["table"], model, "avg")) for t in tasks]
         lines.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

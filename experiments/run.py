@@ -268,7 +268,7 @@ def ordered_languages(task: str, result: dict) -> tuple[list[str], list[str]]:
     return sorted(langs, key=lambda c: rank.get(c, len(rank))), zero
 
 
-def render(name: str, result: dict, command: str) -> list[str]:
+def render(name: str, result: dict, command: str, figures: Path) -> list[str]:
     """One run's section of reports/results.md: scores, the paper's, KD deltas, figures."""
     from structkd.pipeline.report import write_bars
 
@@ -309,7 +309,6 @@ def render(name: str, result: dict, command: str) -> list[str]:
         for model, values in paper["rows"].items():
             lines.append(f"| {model} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
     lines += ["", *kd_effects(runs, langs, zero)]
-    figures = ROOT / "reports" / "figures"
     means = {
         LABELS.get(m, m): {c: mean_std(v)[0] for c, v in table[m].items()}
         for m in MODELS
@@ -483,7 +482,7 @@ def goals(results: dict[str, dict]) -> list[str]:
     return [*lines, ""]
 
 
-def gain_versus_gap(results: dict[str, dict]) -> list[str]:
+def gain_versus_gap(results: dict[str, dict], figures: Path) -> list[str]:
     """Does a method gain where the teacher beats the baseline? One point per (task, language)."""
     import statistics
 
@@ -539,17 +538,16 @@ def gain_versus_gap(results: dict[str, dict]) -> list[str]:
     ax.set_ylabel("student − baseline (points)")
     ax.legend(fontsize="xx-small", ncol=3)
     fig.tight_layout()
-    figure = ROOT / "reports" / "figures" / "gain_vs_teacher_gap.png"
+    figure = figures / "gain_vs_teacher_gap.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=110)
     plt.close(fig)
     return [*lines, "", "![gain versus teacher gap](figures/gain_vs_teacher_gap.png)", ""]
 
 
-def report() -> None:
-    """Write reports/results.md from the committed results (after syncing finished runs)."""
-    for folder in sorted(RUNS.glob("*")) if RUNS.exists() else []:
-        sync(folder.name)
+def report(out_dir: Path = ROOT / "reports") -> Path:
+    """Write ``out_dir/results.md`` and its figures from ``experiments/results/``."""
+    figures = out_dir / "figures"
     lines = [
         "# Results on real data",
         "",
@@ -572,21 +570,22 @@ def report() -> None:
     findings = HERE / "findings.md"
     if findings.exists():
         lines += [findings.read_text().strip(), ""]
-    lines += gain_versus_gap(done)
+    lines += gain_versus_gap(done, figures)
     for task, result in results.items():
         if result is None:
             lines += [f"## {task}", "", "Not run yet.", ""]
             continue
-        lines += render(task, result, f"python experiments/run.py {task} --seeds 1 2 3")
+        command = f"python experiments/run.py {task} --seeds 1 2 3"
+        lines += render(task, result, command, figures)
     if any(supplements.values()):
         lines += ["# Supplements", ""]
     for name, result in supplements.items():
         if result is not None:
-            lines += render(name, result, SUPPLEMENTS[name])
-    out = ROOT / "reports" / "results.md"
+            lines += render(name, result, SUPPLEMENTS[name], figures)
+    out = out_dir / "results.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
-    print(f"wrote {out}")
+    return out
 
 
 def main() -> None:
@@ -610,7 +609,9 @@ def main() -> None:
             raise SystemExit("structkd is not on PATH: activate the project's venv first")
         for task in args.tasks:
             run_task(task, args.seeds, args.methods)
-    report()
+    for folder in sorted(RUNS.glob("*")) if RUNS.exists() else []:
+        sync(folder.name)
+    print(f"wrote {report()}")
 
 
 if __name__ == "__main__":

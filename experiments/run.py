@@ -251,6 +251,10 @@ def scores(table: dict, model: str, column: str) -> list[float]:
     return values[:1] if model == "Teachers" else values
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def cell(values: list[float] | None) -> str:
     if not values:
         return "–"
@@ -290,7 +294,7 @@ def render(name: str, result: dict, command: str, figures: Path) -> list[str]:
         "",
         f"Sentences per language: {data}.",
         "",
-        f"Test {metric} (%), mean ± std over {seeds} seed{'s' if seeds > 1 else ''} "
+        f"Test {metric} (%), mean ± std over {plural(seeds, 'seed')} "
         "(teachers: one run per language, shared by every seed; on a zero-shot language the "
         "Teachers row is the mean over all teachers).",
         "",
@@ -441,7 +445,9 @@ def overview(results: dict[str, dict]) -> list[str]:
         "Average test score over each task's teacher languages (F1; UD POS: accuracy), mean ± "
         "std over seeds; zero-shot averages in the task sections.",
         "",
-        "| model | " + " | ".join(f"{t} ({results[t]['seeds']} seeds)" for t in tasks) + " |",
+        "| model | "
+        + " | ".join(f"{t} ({plural(results[t]['seeds'], 'seed')})" for t in tasks)
+        + " |",
         "|---" * (len(tasks) + 1) + "|",
     ]
     for model in MODELS:

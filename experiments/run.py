@@ -9,6 +9,14 @@ every stage is skipped or served from the content-keyed caches when already done
 knowledge and teachers are links to the base, so teachers run once for all seeds. Students whose
 ``metrics.json`` exists are skipped, so an interrupted run resumes where it stopped.
 Every stage is the real ``structkd stage`` command, as a user would run it.
+
+A params file may add an ``experiment:`` section of run-level options that are not pipeline
+params: ``teacher_train_limit: N`` trains the teachers in ``runs/<task>/teachers`` on N sentences
+per language (the teacher-quality ablation, ``experiments/conll-strong.yaml``).
+
+Finished seeds are copied into the committed ``experiments/results/<task>`` (metrics, learning
+curves, sizes, wall times) and ``reports/results.md`` is built from there alone, with the
+paper's numbers beside ours; ``experiments/findings.md`` is the hand-written reading of it.
 """
 
 from __future__ import annotations

@@ -461,6 +461,12 @@ def overview(results: dict[str, dict]) -> list[str]:
     for model in MODELS:
         cells = [cell(scores(results[t]["table"], model, "avg")) for t in tasks]
         lines.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + " |")
+    minutes = sum(sum(results[t]["timings"].values()) for t in tasks) / 60
+    lines += [
+        "",
+        f"Wall time of these runs: {minutes / 60:.1f} h summed over their stages (two tasks ran "
+        "at a time on the 2 cores); per task in its section.",
+    ]
     return [*lines, ""]
 
 

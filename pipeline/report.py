@@ -79,7 +79,8 @@ def write_bars(
     path.parent.mkdir(parents=True, exist_ok=True)
     models = list(table)
     width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(columns) * max(1, len(models) / 4)), 4))
+    bars = len(columns) * max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(min(18.0, max(6.0, 0.13 * bars + 1.5)), 4))
     for m, model in enumerate(models):
         xs = [c + m * width for c in range(len(columns))]
         ys = [table[model].get(col, float("nan")) for col in columns]

@@ -10,6 +10,7 @@ lock per language lets two exports share a cache safely.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -86,7 +87,10 @@ def main(
                 f"knowledge {lang}: computing {len(todo)} of {len(names)} shards "
                 f"({problems[0] if problems else 'new'})"
             )
-            pending[lang] = (entry, key, names, len(todo))
+            if not todo:  # every shard verified: only the manifest was missing or stale
+                entry.commit(key, names)
+                continue
+            pending[lang] = (entry, key, names)
             jobs += [
                 (
                     lang,
@@ -102,21 +106,16 @@ def main(
                 )
                 for name in todo
             ]
-        if not pending:
-            return
-        left = {lang: todo for lang, (_, _, _, todo) in pending.items()}
-        for lang in [lang for lang, todo in left.items() if todo == 0]:
-            entry, key, names, _ = pending[lang]
-            entry.commit(key, names)
         if not jobs:
             return
+        left = Counter(lang for lang, _ in jobs)
         client = stack.enter_context(_client(scheduler, workers or settings.workers))
         futures = {client.submit(export_shard, job, pure=False): lang for lang, job in jobs}
         # closed on error too, so the Error line starts on a line of its own
         with tqdm(total=len(jobs), desc="export", unit="shard", leave=False) as bar:
             for future in as_completed(futures):
                 lang = futures[future]
-                entry, key, names, _ = pending[lang]
+                entry, key, names = pending[lang]
                 try:
                     timing = future.result()
                 except StructkdError:
@@ -125,7 +124,7 @@ def main(
                 entry.record(key, timing.record)
                 bar.update()
                 left[lang] -= 1
-                if left[lang] == 0:
+                if not left[lang]:
                     entry.commit(key, names)
 
 

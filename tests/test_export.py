@@ -333,6 +333,25 @@ def test_corrupt_and_truncated_shards_are_refused_then_recomputed(
             assert table.equals(before[lang][name]), f"{lang}/{name} differs after recompute"
 
 
+def test_export_killed_before_its_commit_runs_no_teacher(project: Project, tmp_path: Path) -> None:
+    """Every shard written and verified, but the manifest never marked complete: the rerun
+    commits it without computing anything or touching a shard."""
+    params = copy_project(project.root, tmp_path / "p")
+    directory = knowledge_dir(params.parent, "de")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["complete"] = False
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    kept = file_stamps(directory)
+
+    out = cli("stage", "export-teachers", "--params", str(params))
+    assert "knowledge de: computing 0 of 3 shards" in out
+    assert json.loads((directory / "manifest.json").read_text())["complete"]
+    assert file_stamps(directory) == kept
+    assert verify(directory) == []
+    again = cli("stage", "export-teachers", "--params", str(params))
+    assert "knowledge de: up to date, no teacher run" in again
+
+
 def test_interrupted_export_computes_only_the_missing_shard(
     project: Project, tmp_path: Path
 ) -> None:

@@ -22,16 +22,9 @@ sys.path.insert(0, str(HERE))
 
 from paper_numbers import PAPER  # noqa: E402
 
-MODELS = (
-    "Teachers",
-    "baseline",
-    "emission",
-    "topk",
-    "topwk",
-    "posterior",
-    "pos+topwk",
-    "structural",
-)
+METHODS = ("baseline", "emission", "topk", "topwk", "posterior", "pos+topwk", "structural")
+MODELS = ("Teachers", *METHODS)
+DISTILLED = METHODS[1:]
 LABELS = {
     "baseline": "Baseline",
     "emission": "Emission",
@@ -96,11 +89,28 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def cell(values: list[float] | None) -> str:
+def cell(values: list[float] | None, signed: bool = False) -> str:
+    """``mean ± std`` (the mean alone for one value, "–" for none); ``signed`` for differences."""
     if not values:
         return "–"
     m, s = mean_std(values)
-    return f"{m:.2f}" if len(values) == 1 else f"{m:.2f} ± {s:.2f}"
+    mean = f"{m:+.2f}" if signed else f"{m:.2f}"
+    return mean if len(values) == 1 else f"{mean} ± {s:.2f}"
+
+
+def paired(runs: dict, model: str, column: str) -> list[float]:
+    """``model`` − baseline of the same seed, for every seed that has both."""
+    return [
+        r[model][column] - r["baseline"][column]
+        for r in runs.values()
+        if column in r.get(model, {}) and column in r.get("baseline", {})
+    ]
+
+
+def teacher_gap(table: dict) -> float | None:
+    """Teachers − baseline on the teacher languages' average (None when either is missing)."""
+    teacher, base = scores(table, "Teachers", "avg"), scores(table, "baseline", "avg")
+    return mean_std(teacher)[0] - mean_std(base)[0] if teacher and base else None
 
 
 def ordered_languages(task: str, result: dict) -> tuple[list[str], list[str]]:
@@ -121,7 +131,7 @@ def render(name: str, result: dict, command: str, figures: Path) -> list[str]:
     langs, zero = ordered_languages(task, result)
     metric = "accuracy" if task == "udpos" else "F1"
     columns = [*langs, "avg", *zero, *(["zero_shot_avg"] if zero else [])]
-    table, runs, seeds = result["table"], result["runs"], result["seeds"]
+    table, seeds = result["table"], result["seeds"]
     header = [LABELS.get(c, c) for c in columns]
     sizes_ = result["meta"]["sizes"]
     data = "; ".join(
@@ -153,7 +163,7 @@ def render(name: str, result: dict, command: str, figures: Path) -> list[str]:
         lines.append("|---" * (len(paper["columns"]) + 1) + "|")
         for model, values in paper["rows"].items():
             lines.append(f"| {model} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
-    lines += ["", *kd_effects(task, runs, langs, zero)]
+    lines += ["", *kd_effects(task, result, langs, zero)]
     means = {
         LABELS.get(m, m): {c: mean_std(v)[0] for c, v in table[m].items()}
         for m in MODELS
@@ -178,19 +188,14 @@ def render(name: str, result: dict, command: str, figures: Path) -> list[str]:
     return lines
 
 
-def kd_effects(task: str, runs: dict, langs: list[str], zero: list[str]) -> list[str]:
+def kd_effects(task: str, result: dict, langs: list[str], zero: list[str]) -> list[str]:
     """Each method minus the baseline of the same seed (paired), on the averages, beside the
     paper's method − baseline on its average."""
-    pairs: dict[str, dict[str, list[float]]] = {}
-    for run in runs.values():
-        base = run.get("baseline")
-        for model in MODELS:
-            if base is None or model not in run or model in ("Teachers", "baseline"):
-                continue
-            for column in ("avg", "zero_shot_avg"):
-                if column in run[model] and column in base:
-                    diff = run[model][column] - base[column]
-                    pairs.setdefault(model, {}).setdefault(column, []).append(diff)
+    runs, table = result["runs"], result["table"]
+    pairs = {
+        model: {c: paired(runs, model, c) for c in ("avg", "zero_shot_avg")} for model in DISTILLED
+    }
+    pairs = {model: diffs for model, diffs in pairs.items() if any(diffs.values())}
     if not pairs:
         return []
     lines = [
@@ -204,35 +209,21 @@ def kd_effects(task: str, runs: dict, langs: list[str], zero: list[str]) -> list
     paper = PAPER.get(task, {}).get("rows", {})
     for model, diffs in pairs.items():
         wins = sum(
-            mean_std(runs_column(runs, model, lang))[0]
-            > mean_std(runs_column(runs, "baseline", lang))[0]
+            mean_std(table[model][lang])[0] > mean_std(table["baseline"][lang])[0]
             for lang in [*langs, *zero]
-            if runs_column(runs, model, lang) and runs_column(runs, "baseline", lang)
+            if table[model].get(lang) and table["baseline"].get(lang)
         )
-        signed = [delta(diffs.get(c)) for c in ("avg", "zero_shot_avg")]
+        signed = [cell(diffs[c], signed=True) for c in ("avg", "zero_shot_avg")]
         theirs = paper.get(LABELS[model])
         paper_delta = f"{theirs[-1] - paper['Baseline'][-1]:+.2f}" if theirs else "–"
         lines.append(
             f"| {LABELS[model]} | {signed[0]} | {paper_delta} | {signed[1]} | "
             f"{wins} of {len(langs) + len(zero)} |"
         )
-    teacher = runs_column(runs, "Teachers", "avg")
-    base = runs_column(runs, "baseline", "avg")
-    if teacher and base:
-        gap = mean_std(teacher)[0] - mean_std(base)[0]
+    gap = teacher_gap(table)
+    if gap is not None:
         lines += ["", f"Teachers − baseline on the teacher languages' average: {gap:+.2f}."]
     return lines
-
-
-def delta(values: list[float] | None) -> str:
-    if not values:
-        return "–"
-    m, s = mean_std(values)
-    return f"{m:+.2f}" if len(values) == 1 else f"{m:+.2f} ± {s:.2f}"
-
-
-def runs_column(runs: dict, model: str, column: str) -> list[float]:
-    return [r[model][column] for r in runs.values() if model in r and column in r[model]]
 
 
 def write_curves(folder: Path, path: Path, metric: str) -> None:
@@ -246,7 +237,7 @@ def write_curves(folder: Path, path: Path, metric: str) -> None:
             return [float(row["dev_score"]) for row in csv.DictReader(handle)]
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for method in MODELS[1:]:
+    for method in METHODS:
         curves = [read(f) for f in sorted(folder.glob(f"seed-*/history/{method}.csv"))]
         if curves:
             length = min(len(c) for c in curves)
@@ -312,25 +303,21 @@ def goals(results: dict[str, dict]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for name, result in results.items():
-        runs = result["runs"]
         table = result["table"]
-        diffs = [
-            r["posterior"]["avg"] - r["baseline"]["avg"]
-            for r in runs.values()
-            if "posterior" in r and "baseline" in r
-        ]
-        if not diffs or "Teachers" not in table:
+        diffs = paired(result["runs"], "posterior", "avg")
+        gap = teacher_gap(table)
+        if not diffs or gap is None:
             continue
         gain = mean_std(diffs)[0]
-        gap = mean_std(table["Teachers"]["avg"])[0] - mean_std(table["baseline"]["avg"])[0]
         closed = f"{gain / gap * 100:.0f}%" if gap > 0 else "no gap: teachers ≤ baseline"
         zero = "–"
         if table["posterior"].get("zero_shot_avg") and table["Teachers"].get("zero_shot_avg"):
             student = mean_std(table["posterior"]["zero_shot_avg"])[0]
             teacher = mean_std(table["Teachers"]["zero_shot_avg"])[0]
             zero = f"{student:.2f} vs {teacher:.2f} ({'met' if student > teacher else 'missed'})"
+        verdict = "met" if gain > 0 else "missed"
         lines.append(
-            f"| {name} | {delta(diffs)} ({'met' if gain > 0 else 'missed'}) | {gap:+.2f} | "
+            f"| {name} | {cell(diffs, signed=True)} ({verdict}) | {gap:+.2f} | "
             f"{closed}{' (met)' if gap > 0 and gain / gap >= 0.3 else ''} | {zero} |"
         )
     return [*lines, ""]
@@ -346,7 +333,7 @@ def gain_versus_gap(results: dict[str, dict], figures: Path) -> list[str]:
     for task, result in results.items():
         table = result["table"]
         langs, _ = ordered_languages(task, result)
-        for model in MODELS[2:]:
+        for model in DISTILLED:
             for lang in langs:
                 values = [table.get(m, {}).get(lang) for m in ("Teachers", "baseline", model)]
                 if all(values):

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
 sys.path.insert(0, str(HERE))
 
-from report import RESULTS, TASKS, report  # noqa: E402
+from report import METHODS, RESULTS, TASKS, report  # noqa: E402
 
 
 def absolute_params(task: str) -> tuple[dict, dict]:
@@ -82,9 +82,7 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
     (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = task_dir / "log.txt"
     (task_dir / "description.txt").write_text(open_comment(task) + "\n")
-    if not (base / "data" / "prepared" / "labels.json").exists():
-        record_time(task_dir, "prepare", stage(base, "prepare", log=log))
-    record_time(task_dir, "embed", stage(base, "embed", log=log))
+    prepare_and_embed(base, task_dir, log)
     teachers = base
     if "teacher_train_limit" in experiment:
         teachers = teacher_project(task_dir, params, experiment["teacher_train_limit"], log)
@@ -112,6 +110,13 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
         stage(project, "evaluate", log=log)
 
 
+def prepare_and_embed(project: Path, task_dir: Path, log: Path, timed_as: str = "") -> None:
+    """Prepare (once) and embed (served from its cache when done) the project's corpora."""
+    if not (project / "data" / "prepared" / "labels.json").exists():
+        record_time(task_dir, f"prepare{timed_as}", stage(project, "prepare", log=log))
+    record_time(task_dir, f"embed{timed_as}", stage(project, "embed", log=log))
+
+
 def teacher_project(task_dir: Path, params: dict, train_limit: int, log: Path) -> Path:
     """A project whose teachers train on ``train_limit`` sentences per language, linked in as
     the base's teachers: they then label the base's (smaller) training set at export.
@@ -120,17 +125,14 @@ def teacher_project(task_dir: Path, params: dict, train_limit: int, log: Path) -
     sentences include every one of the smaller set, so the teachers have seen the students'
     sentences, as in the paper."""
     project = task_dir / "teachers"
-    (project / "models").mkdir(parents=True, exist_ok=True)
+    (project / "models" / "teachers").mkdir(parents=True, exist_ok=True)
     languages = {
         lang: {**spec, "train_limit": train_limit}
         for lang, spec in params["data"]["languages"].items()
     }
     bigger = {**params, "data": {**params["data"], "languages": languages}}
     (project / "params.yaml").write_text(yaml.safe_dump(bigger, sort_keys=False))
-    if not (project / "data" / "prepared" / "labels.json").exists():
-        record_time(task_dir, "prepare teachers' data", stage(project, "prepare", log=log))
-    record_time(task_dir, "embed teachers' data", stage(project, "embed", log=log))
-    (project / "models" / "teachers").mkdir(exist_ok=True)
+    prepare_and_embed(project, task_dir, log, timed_as=" teachers' data")
     link = task_dir / "base" / "models" / "teachers"
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +202,7 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=["baseline", "emission", "topk", "topwk", "posterior", "pos+topwk", "structural"],
+        default=list(METHODS),
     )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

@@ -256,7 +256,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         for lang, spec in getattr(params.data, group).items():
             for split in ("train", "dev", "test"):
                 limit = spec.limit(split)
-                if limit is not None and (isinstance(limit, bool) or limit < 1):
+                if limit is not None and limit < 1:  # bools are refused by the type check
                     raise ConfigError(
                         f"{source}: data.{group}.{lang}.{split}_limit must be a positive integer"
                     )

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from structkd.errors import StructkdError
 from structkd.pipeline.corpus import read_corpus, read_lines
-from structkd.pipeline.errors import StructkdError
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.schemes import from_bioes, to_bioes, validate_sentences
 

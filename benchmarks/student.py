@@ -51,8 +51,8 @@ from pathlib import Path
 import torch
 from _workload import REPO, copy_tree, link_encoders, machine, median, stopwatch
 
+from structkd.errors import StructkdError
 from structkd.pipeline.data import shard_paths
-from structkd.pipeline.errors import StructkdError
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import open_project
 from structkd.pipeline.losses import REQUIRED_COLUMNS, gold_nll, posterior_kd, student_loss

@@ -1,7 +1,7 @@
 """Corpus readers: CoNLL-style column files (CoNLL-2002/2003, BIO/TSV) and CoNLL-U.
 
 Every reader returns ``list[Sentence]`` and either reads the whole file or raises one
-:class:`~structkd.pipeline.errors.InputError` that names the file, the line and the problem. Nothing
+:class:`~structkd.errors.InputError` that names the file, the line and the problem. Nothing
 is dropped silently: a line that is neither a token line, a blank line, a ``-DOCSTART-`` marker nor
 (in CoNLL-U) a comment, multiword-token range or empty node is an error.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from structkd.pipeline.errors import ConfigError, InputError
+from structkd.errors import ConfigError, InputError
 
 Format = Literal["conll", "conllu", "bio"]
 FORMATS: tuple[str, ...] = ("conll", "conllu", "bio")

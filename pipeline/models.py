@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from structkd.errors import StructkdError
 from structkd.pipeline.crf import CRF
-from structkd.pipeline.errors import StructkdError
 from structkd.pipeline.labels import LabelSet
 
 PAD, UNK = "<pad>", "<unk>"

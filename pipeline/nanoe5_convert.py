@@ -46,7 +46,7 @@ from tokenizers import (
 from tokenizers.models import Unigram
 from transformers import BertConfig
 
-from structkd.pipeline.errors import StructkdError
+from structkd.errors import StructkdError
 
 CONVERTER_VERSION = 1
 SOURCE_FILE = "e5-small-q4.bin"

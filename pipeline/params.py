@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from structkd.pipeline.errors import ConfigError
+from structkd.errors import ConfigError
 
 Format = Literal["conll", "conllu", "bio"]
 Scheme = Literal["iob1", "iob2", "bio", "bioes", "none"]

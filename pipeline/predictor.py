@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from structkd.errors import StructkdError
 from structkd.pipeline.data import Split, iterate
 from structkd.pipeline.encoder import EncoderConfig, WordEncoder
-from structkd.pipeline.errors import StructkdError
 from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.schemes import from_bioes
 

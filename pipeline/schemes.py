@@ -35,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from structkd.pipeline.errors import ConfigError, InputError
+from structkd.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from structkd.pipeline.corpus import Sentence

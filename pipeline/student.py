@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from structkd.errors import StructkdError
 from structkd.pipeline.data import shard_paths
-from structkd.pipeline.errors import StructkdError
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
 from structkd.pipeline.losses import REQUIRED_COLUMNS, lambda_at, student_loss

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from structkd.pipeline.errors import StructkdError
+from structkd.errors import StructkdError
 from structkd.pipeline.params import TrainParams
 
 CHECKPOINT = "checkpoint.pt"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 
-from structkd.pipeline.layout import ParamsPath, open_project
+from structkd.pipeline.layout import open_project
+from structkd.stages.options import ParamsPath
 
 
 def main(params_path: ParamsPath = Path("params.yaml")) -> None:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from structkd.pipeline.layout import ParamsPath, open_project
+from structkd.pipeline.layout import open_project
+from structkd.stages.options import ParamsPath
 
 if TYPE_CHECKING:
     from dask.distributed import Client
@@ -39,8 +40,8 @@ def main(
     from dask.distributed import as_completed
     from tqdm import tqdm
 
+    from structkd.errors import StructkdError
     from structkd.pipeline.data import shard_paths
-    from structkd.pipeline.errors import StructkdError
     from structkd.pipeline.export import ShardJob, export_shard
     from structkd.pipeline.labels import LabelSet
     from structkd.storage.cache import KnowledgeCache, cache_key, content_digest

@@ -44,7 +44,7 @@ def show(
     if sentence is None:
         return
     if not 0 <= sentence < table.num_rows:
-        from structkd.pipeline.errors import StructkdError
+        from structkd.errors import StructkdError
 
         raise StructkdError(f"{path}: sentence {sentence} out of range 0..{table.num_rows - 1}")
     offsets = np.concatenate([[0], np.cumsum(lengths)])

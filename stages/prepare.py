@@ -11,8 +11,9 @@ from pathlib import Path
 
 import typer
 
-from structkd.pipeline.layout import ParamsPath, open_project
+from structkd.pipeline.layout import open_project
 from structkd.pipeline.params import CorpusSpec
+from structkd.stages.options import ParamsPath
 
 
 def select(sentences: list, split: str, spec: CorpusSpec) -> list:
@@ -32,8 +33,8 @@ def main(params_path: ParamsPath = Path("params.yaml")) -> None:
 
     import numpy as np
 
+    from structkd.errors import InputError
     from structkd.pipeline.corpus import read_corpus
-    from structkd.pipeline.errors import InputError
     from structkd.pipeline.labels import LabelSet
     from structkd.pipeline.schemes import to_bioes, validate_sentences
     from structkd.storage.arrays import PreparedArrays

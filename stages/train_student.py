@@ -15,8 +15,9 @@ from typing import Annotated
 
 import typer
 
-from structkd.pipeline.layout import ParamsPath, open_project
+from structkd.pipeline.layout import open_project
 from structkd.pipeline.params import Method
+from structkd.stages.options import ParamsPath
 
 
 def main(

@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from structkd.pipeline.layout import ParamsPath, open_project
+from structkd.pipeline.layout import open_project
+from structkd.stages.options import ParamsPath
 
 
 def main(
@@ -22,8 +23,8 @@ def main(
     """Train the teacher of LANG on its own language: shared features + own word/char embeddings."""
     import torch
 
+    from structkd.errors import ConfigError
     from structkd.pipeline.data import iterate, load_split
-    from structkd.pipeline.errors import ConfigError
     from structkd.pipeline.evaluation import evaluate_split
     from structkd.pipeline.labels import LabelSet
     from structkd.pipeline.metrics import headline

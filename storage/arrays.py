@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from structkd.pipeline.errors import InputError
+from structkd.errors import InputError
 from structkd.storage.schemas import (
     ARROW_FLOAT,
     FEATURES_SCHEMA,

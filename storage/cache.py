@@ -28,7 +28,7 @@ from typing import Literal
 
 from filelock import FileLock
 
-from structkd.pipeline.errors import ConfigError, StructkdError
+from structkd.errors import ConfigError, StructkdError
 from structkd.storage.manifest import (
     MANIFEST_NAME,
     Manifest,

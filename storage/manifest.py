@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from structkd.pipeline.errors import StructkdError
+from structkd.errors import StructkdError
 from structkd.storage.schemas import SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"

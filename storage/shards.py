@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from structkd.pipeline.errors import StructkdError
+from structkd.errors import StructkdError
 from structkd.storage.manifest import INVALID_PARQUET, ShardRecord, sha256_file, temp_path
 from structkd.storage.schemas import SCHEMA_VERSION, TableKind, decode_metadata
 

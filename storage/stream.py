@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from structkd.pipeline.errors import ConfigError, InputError, StructkdError
+from structkd.errors import ConfigError, InputError, StructkdError
 from structkd.storage.arrays import list_values
 from structkd.storage.manifest import INVALID_PARQUET
 from structkd.storage.schemas import (

@@ -22,7 +22,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from structkd.pipeline.cli import app
+from structkd.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from structkd.pipeline.cli import app
+from structkd.cli import app
 from structkd.storage.manifest import ShardRecord, read_manifest, write_manifest
 
 LANGS = ("en", "de")
@@ -136,7 +136,7 @@ def spawn(params: Path, *args: str) -> subprocess.Popen[str]:
     """Start ``structkd ARGS --params PARAMS`` as a separate process (killable for fault tests)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "structkd.pipeline.cli", *args, "--params", str(params)],
+        [sys.executable, "-m", "structkd.cli", *args, "--params", str(params)],
         cwd=params.parent,
         env=env,
         stdout=subprocess.PIPE,

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from structkd.pipeline.errors import ConfigError, StructkdError
+from structkd.errors import ConfigError, StructkdError
 from structkd.storage.cache import CacheEntry, KnowledgeCache, cache_key, content_digest
 from structkd.storage.manifest import ShardRecord, read_manifest
 from structkd.storage.shards import shard_name, write_table_atomic

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from structkd.errors import ConfigError, InputError
 from structkd.pipeline.corpus import Sentence, read_conll, read_conllu, read_corpus
-from structkd.pipeline.errors import ConfigError, InputError
 
 SHARED = Path("/work/shared/data")
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"

@@ -90,7 +90,7 @@ def test_torchrun_student_matches_single_process(project: Project, tmp_path: Pat
         "--master_port",
         str(_free_port()),
         "-m",
-        "structkd.pipeline.cli",
+        "structkd.cli",
         "stage",
         "train-student",
         "posterior",

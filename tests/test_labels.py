@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from structkd.errors import InputError
 from structkd.pipeline.corpus import Sentence, read_conllu
-from structkd.pipeline.errors import InputError
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.schemes import validate
 

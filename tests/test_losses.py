@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from structkd.errors import ConfigError
 from structkd.pipeline.crf import CRF
-from structkd.pipeline.errors import ConfigError
 from structkd.pipeline.losses import (
     REQUIRED_COLUMNS,
     distillation_loss,

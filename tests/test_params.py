@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from structkd.pipeline.errors import ConfigError
+from structkd.errors import ConfigError
 from structkd.pipeline.params import load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,11 +31,11 @@ from e2e_project import (
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from structkd.cli import app
+from structkd.errors import StructkdError
 from structkd.pipeline import training
-from structkd.pipeline.cli import app
 from structkd.pipeline.corpus import read_conllu
 from structkd.pipeline.data import load_split, shard_paths
-from structkd.pipeline.errors import StructkdError
 from structkd.pipeline.evaluation import predict_split
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.models import load_tagger

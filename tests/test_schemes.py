@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from structkd.errors import ConfigError, InputError
 from structkd.pipeline.corpus import read_conll
-from structkd.pipeline.errors import ConfigError, InputError
 from structkd.pipeline.schemes import (
     from_bioes,
     render,

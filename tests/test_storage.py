@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from structkd.pipeline.errors import InputError, StructkdError
+from structkd.errors import InputError, StructkdError
 from structkd.storage.arrays import (
     FeaturesArrays,
     KnowledgeArrays,

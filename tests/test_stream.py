@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from structkd.pipeline.errors import ConfigError, StructkdError
+from structkd.errors import ConfigError, StructkdError
 from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
 from structkd.storage.schemas import FeaturesMeta, KnowledgeMeta, PreparedMeta, labels_digest
 from structkd.storage.shards import read_shard, shard_name, write_table_atomic

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from structkd.pipeline.errors import StructkdError
+from structkd.errors import StructkdError
 from structkd.stages import (
     embed,
     evaluate,

@@ -1,6 +1,6 @@
 """User-facing errors: one line that says where (file, line or sentence) and what is wrong.
 
-The CLI prints ``error: <message>`` for these and exits with status 1, never a traceback.
+The CLI prints ``Error: <message>`` for these and exits with status 1, never a traceback.
 """
 
 from __future__ import annotations

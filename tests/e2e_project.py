@@ -259,8 +259,9 @@ def init_dvc(root: Path) -> None:
     affects); copies of them stand in here. The stages still run the installed ``structkd``.
     """
     shutil.copy2(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy2(REPO / ".dvcignore", root / ".dvcignore")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("stages", "pipeline", "storage"):
+    for folder in ("structkd", "stages", "pipeline", "storage"):
         shutil.copytree(REPO / folder, root / folder, ignore=ignore)
     run(["git", "init", "-q", "-b", "main"], root)
     run(["dvc", "init", "-q"], root)

@@ -55,6 +55,12 @@ def test_repro_then_student_only_experiment(dvc_project: Path) -> None:
     out = run(["dvc", "repro"], root)
     assert ran(out) == [*TEACHER_SIDE, *STUDENT_SIDE]
     assert "Data and pipelines are up to date." in run(["dvc", "status"], root)
+    # bytecode and numba's on-disk kernel cache (what running the tests leaves) are not code
+    for folder in ("pipeline", "storage", "stages"):
+        (root / folder / "__pycache__").mkdir(exist_ok=True)
+        (root / folder / "__pycache__" / "junk.cpython-311.pyc").write_bytes(b"\0")
+    (root / "pipeline" / "__pycache__" / "kernels.nbi").write_bytes(b"\0")
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], root)
     for path in ("metrics/Teachers.json", "plots/per_language.csv", "reports/pipeline/results.md"):
         assert (root / path).is_file()
     metrics = run(["dvc", "metrics", "show"], root)
@@ -88,3 +94,22 @@ def test_repro_then_student_only_experiment(dvc_project: Path) -> None:
         == (students["baseline"][weights.format("baseline")][0])
     )
     assert "Data and pipelines are up to date." in run(["dvc", "status"], root)
+
+
+def test_loss_edit_reruns_only_students_and_evaluate(dvc_project: Path) -> None:
+    """Editing pipeline/losses.py leaves teachers and knowledge alone (dvc.yaml's code deps)."""
+    root = dvc_project
+    run(["dvc", "repro"], root)
+    losses = root / "pipeline" / "losses.py"
+    original = losses.read_text("utf-8")
+    losses.write_text(original + "\n# an edit\n", "utf-8")
+    try:
+        status = run(["dvc", "status"], root)
+        changed = set(re.findall(r"^([\w@+-]+):", status, flags=re.MULTILINE))
+        assert changed == {f"train-student@{m}" for m in METHODS}, status
+        out = run(["dvc", "repro"], root)
+        assert ran(out) == STUDENT_SIDE
+        assert skipped(out) == TEACHER_SIDE
+    finally:
+        losses.write_text(original, "utf-8")
+

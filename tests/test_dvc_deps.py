@@ -22,10 +22,10 @@ def declared_code_deps(stage: dict) -> list[str]:
 def test_code_deps_are_the_import_closure(name: str) -> None:
     expected = stage_code_deps(name)
     listed = declared_code_deps(STAGES[name])
+    missing, extra = sorted(set(expected) - set(listed)), sorted(set(listed) - set(expected))
     assert listed == expected, (
-        f"dvc.yaml stage {name!r}: code deps differ from its import closure; "
-        f"missing {sorted(set(expected) - set(listed))}, extra {sorted(set(listed) - set(expected))}"
-        " (python tests/import_closure.py prints them)"
+        f"dvc.yaml stage {name!r}: code deps differ from its import closure; missing {missing}, "
+        f"extra {extra} (python tests/import_closure.py prints them)"
     )
 
 

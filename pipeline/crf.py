@@ -48,6 +48,11 @@ class CRF(nn.Module):
         end: ``(n_tags,)`` parameter, score of the last tag.
     """
 
+    # buffers (register_buffer), declared so type checkers know they are tensors
+    allowed: Tensor
+    start_allowed: Tensor
+    end_allowed: Tensor
+
     def __init__(
         self,
         n_tags: int,
@@ -181,6 +186,7 @@ class CRF(nn.Module):
         em = emissions.to(dtype)
         trans, start, end = self.effective_params(dtype)
         log_alpha, log_z = self._forward(em, mask, trans, start, end, keep=True)
+        assert log_alpha is not None  # keep=True
         log_beta = self._backward(em, mask, trans, end)
         out = log_alpha + log_beta - log_z[:, None, None]
         return out.masked_fill(~mask.unsqueeze(2), 0.0)

@@ -1,9 +1,9 @@
 """Benchmark: structkd's numba CRF kernels vs pytorch-crf and torch-struct (CPU).
 
-Standard workload (design.md §5): 14,000 sentences, lengths lognormal(2.35, 0.75) rounded and
+Standard workload: 14,000 sentences, lengths lognormal(2.35, 0.75) rounded and
 clipped to [1, 124], n_tags L in {9, 20}, emissions N(0, 2^2) float32, transitions/start/end
 N(0, 0.5^2). Torch libraries get length-sorted padded batches of 32, built before timing
-(pytorch-crf: float32, as in anchors.md §5); ours gets the ragged float32 arrays (read as they
+(pytorch-crf: float32, its users' usual setting); ours gets the ragged float32 arrays (read as they
 are, all arithmetic in float64; validation is inside the timing). Median of 3 runs,
 ``torch.set_num_threads(2)`` and 2 numba threads (``--threads`` changes both), numba warmed up
 first (its cold compile is measured separately, in a subprocess with an empty cache).
@@ -14,7 +14,7 @@ It is printed per second for every row and, for ours, as a fraction of the machi
 (numpy float64 matmul on as many BLAS threads; 1 FMA = 2 flops). Marginals take a forward and a
 backward pass plus per-token work, so their fraction understates the arithmetic done.
 
-torch-struct's topk(10) is far too slow to run in full; as in anchors.md it is timed once on a
+torch-struct's topk(10) is far too slow to run in full; it is timed once on a
 sample of batches spread over the run (22 batches = 704 sentences for L < 15, 11 for L >= 15)
 and scaled to the full workload, which the output says.
 

@@ -15,7 +15,7 @@ warmed (teachers loaded, numba kernels loaded) before timing; wall time is the m
 fsync). The stage itself (``export_teachers.main``, cold cluster, content hashing, manifests) is
 timed once per worker count as an end-to-end check.
 
-Goals (design.md §5): kernels + writing <= 25% of export time; 2 workers >= 1.7x one.
+Goals: kernels + writing <= 25% of export time; 2 workers >= 1.7x one.
 
 The table also gives each configuration's worker CPU seconds and "cores used" (CPU seconds /
 wall): on a shared machine the 2-worker speed-up cannot exceed the cores the workers actually got.

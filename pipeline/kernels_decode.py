@@ -15,7 +15,8 @@ List Viterbi (Seshadri & Sundberg 1994): for every token t and tag j keep the k 
 paths ending in j, as (score, previous tag, previous rank) sorted in the order above. Each
 kept entry is a distinct partial path, so the k results are distinct: no duplicates, and a
 sentence with fewer than k possible paths gets ``k_valid`` < k (never padded by repeats; cf.
-the NCRF++/paper decoder bug, anchors.md §6). Scores are summed in the same order as Viterbi:
+the authors' NCRF++-based decoder, whose ranks 2..K repeat paths for sentences
+shorter than their batch). Scores are summed in the same order as Viterbi:
 ``(previous + transition) + emission``, then ``+ end``.
 """
 

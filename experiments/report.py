@@ -15,6 +15,8 @@ import math
 import sys
 from pathlib import Path
 
+from structkd.pipeline.params import METHODS  # the distillation methods, in the registry's order
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -22,8 +24,6 @@ TASKS = ("conll", "wikiann", "udpos", "semeval")
 sys.path.insert(0, str(HERE))
 
 from paper_numbers import PAPER  # noqa: E402
-
-from structkd.pipeline.params import METHODS  # noqa: E402  (the registry's methods, in order)
 
 MODELS = ("Teachers", *METHODS)
 DISTILLED = METHODS[1:]

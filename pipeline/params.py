@@ -24,7 +24,8 @@ from structkd.errors import ConfigError
 Format = Literal["conll", "conllu", "bio"]
 Scheme = Literal["iob1", "iob2", "bio", "bioes", "none"]
 Method = Literal["baseline", "emission", "topk", "topwk", "posterior", "pos+topwk", "structural"]
-METHODS: tuple[str, ...] = get_args(Method)
+METHODS: tuple[Method, ...] = get_args(Method)
+"""The distillation methods in order; ``losses.KD_METHODS`` holds one entry per choice (tested)."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def _at(where: str) -> str:
 
 def _convert(value: Any, hint: Any, where: str) -> Any:
     origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if origin is dict:
         if not isinstance(value, dict):

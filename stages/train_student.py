@@ -33,7 +33,7 @@ def main(
     from structkd.pipeline.data import load_split
     from structkd.pipeline.evaluation import evaluate_split, predict_split
     from structkd.pipeline.labels import LabelSet
-    from structkd.pipeline.losses import REQUIRED_COLUMNS
+    from structkd.pipeline.losses import KD_METHODS
     from structkd.pipeline.metrics import headline, score
     from structkd.pipeline.models import Tagger, TaggerConfig, load_tagger, save_tagger
     from structkd.pipeline.predictor import encoder_settings
@@ -50,7 +50,7 @@ def main(
     stream = DistillationStream(
         sources,
         max_tokens=cfg.max_tokens,
-        knowledge_columns=REQUIRED_COLUMNS[method],
+        knowledge_columns=KD_METHODS[method].columns,
         seed=cfg.seed,
         buffer_size=cfg.shuffle_buffer,
     )

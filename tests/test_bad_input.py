@@ -29,6 +29,8 @@ from robust_project import (
     spawn,
 )
 
+pytestmark = pytest.mark.slow  # builds a project and runs stages up to export
+
 
 @pytest.fixture
 def project(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path):

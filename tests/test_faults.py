@@ -33,6 +33,8 @@ from robust_project import (
 
 from structkd.storage.manifest import read_manifest, verify
 
+pytestmark = pytest.mark.slow  # builds a project and runs stages up to export
+
 
 @pytest.fixture
 def base(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Path:

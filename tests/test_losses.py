@@ -12,7 +12,7 @@ import torch
 from structkd.errors import ConfigError
 from structkd.pipeline.crf import CRF
 from structkd.pipeline.losses import (
-    REQUIRED_COLUMNS,
+    KD_METHODS,
     distillation_loss,
     emission_kd,
     gold_nll,
@@ -249,7 +249,9 @@ def test_log_partition_once_per_sentence() -> None:
     case = make_case(6, n_tags=3, k=5)
     crf = CountingCRF(3).double()
     crf.load_state_dict(case.student.state_dict())
-    for method in ("topk", "topwk", "pos+topwk", "structural"):
+    sharing = tuple(name for name, spec in KD_METHODS.items() if spec.shares_log_z)
+    assert sharing == ("topk", "topwk", "pos+topwk", "structural")
+    for method in sharing:
         rows.clear()
         distillation_loss(method, crf, case.emissions, case.batch)
         assert sum(rows) == len(LENGTHS)
@@ -349,11 +351,32 @@ def test_student_loss_combines_and_skips_zero_weight_terms(method: str) -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_required_columns_suffice(method: str) -> None:
     case = make_case(12, k=4)
-    keep = set(REQUIRED_COLUMNS[method]) | {"mask"} | ({"tags"} if method == "baseline" else set())
+    columns = KD_METHODS[method].columns
+    keep = set(columns) | {"mask"} | ({"tags"} if method == "baseline" else set())
     projected = {k: v for k, v in case.batch.items() if k in keep}
     full = distillation_loss(method, case.student, case.emissions, case.batch, temperature=2.0)
     got = distillation_loss(method, case.student, case.emissions, projected, temperature=2.0)
     assert got.item() == pytest.approx(full.item(), rel=1e-12)
+    for name in columns:  # and every declared column is read
+        without = {k: v for k, v in projected.items() if k != name}
+        with pytest.raises(KeyError, match=f"batch has no '{name}'"):
+            distillation_loss(method, case.student, case.emissions, without, temperature=2.0)
+
+
+def test_registry_is_the_params_choices() -> None:
+    assert tuple(KD_METHODS) == METHODS
+    assert all(spec.name == name for name, spec in KD_METHODS.items())
+    assert [name for name, spec in KD_METHODS.items() if spec.kd is None] == ["baseline"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_uses_temperature_is_true(method: str) -> None:
+    case = make_case(21, k=4)
+    at = [
+        distillation_loss(method, case.student, case.emissions, case.batch, temperature=t).item()
+        for t in (1.0, 2.0)
+    ]
+    assert (at[0] != pytest.approx(at[1], rel=1e-9)) == KD_METHODS[method].uses_temperature
 
 
 @pytest.mark.parametrize("seed", [13, 14, 15])

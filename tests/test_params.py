@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from structkd.errors import ConfigError
-from structkd.pipeline.params import load_params, parse_params
+from structkd.pipeline.params import Params, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +25,25 @@ def test_shipped_params_load() -> None:
     assert "fr" in params.data.zero_shot
     assert "posterior" in params.student.methods
     assert params.student.anneal_rate > 0
+
+
+def test_defaults_are_the_shipped_params() -> None:
+    """One source of defaults: a key left out of params.yaml runs what the shipped file runs.
+
+    Every section but ``data`` (whose defaults mean "none" or "derive it", not a setting) lists
+    every key, each equal to its dataclass default.
+    """
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text("utf-8"))
+    shipped = load_params(ROOT / "params.yaml")
+    defaults = Params(data=shipped.data)
+    sections = [f.name for f in dataclasses.fields(Params) if f.name != "data"]
+    assert set(raw) == {"data", *sections}
+    for section in sections:
+        want, got = getattr(defaults, section), getattr(shipped, section)
+        assert set(raw[section]) == {f.name for f in dataclasses.fields(want)}, section
+        for f in dataclasses.fields(want):
+            assert getattr(got, f.name) == getattr(want, f.name), f"{section}.{f.name}"
+    assert shipped == defaults
 
 
 def test_defaults_fill_missing_sections() -> None:

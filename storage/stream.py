@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from structkd.errors import ConfigError, InputError, StructkdError
 from structkd.storage.arrays import list_values
-from structkd.storage.manifest import INVALID_PARQUET
+from structkd.storage.io import parquet_errors
 from structkd.storage.schemas import (
     FeaturesMeta,
     KnowledgeMeta,
@@ -254,12 +254,8 @@ class DistillationStream(IterableDataset[Batch]):
         return shards
 
     def _footer(self, path: Path, kind: TableKind, lang: str) -> pq.FileMetaData:
-        try:
+        with parquet_errors(path):
             footer = pq.read_metadata(path)
-        except FileNotFoundError as e:
-            raise StructkdError(f"{path}: file not found") from e
-        except (pa.ArrowInvalid, OSError) as e:
-            raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
         raw = check_metadata(path, footer.metadata, expect_table=kind)
         try:
             self._check_meta(path, kind, lang, raw, footer)
@@ -533,7 +529,7 @@ def _read_range(
     first = int(np.searchsorted(bounds, start, side="right")) - 1
     last = int(np.searchsorted(bounds, stop, side="left"))
     pos = int(bounds[first])
-    try:
+    with parquet_errors(path):
         for batch in shard.iter_batches(
             batch_size=batch_rows,
             row_groups=list(range(first, last)),
@@ -546,8 +542,6 @@ def _read_range(
             pos += batch.num_rows
             if pos >= stop:
                 return
-    except (pa.ArrowInvalid, OSError) as e:
-        raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
 
 
 def _zip_aligned(

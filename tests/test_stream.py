@@ -13,10 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from structkd.errors import ConfigError, StructkdError
+from structkd.pipeline.batching import Batch, DistillationStream
 from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
 from structkd.storage.schemas import FeaturesMeta, KnowledgeMeta, PreparedMeta, labels_digest
 from structkd.storage.shards import read_shard, shard_name, write_table_atomic
-from structkd.storage.stream import Batch, DistillationStream, LanguageShards
+from structkd.storage.stream import LanguageShards
 
 LABELS = ("O", "B-X", "I-X", "B-Y", "I-Y")
 K, DIM = 3, 4

@@ -8,6 +8,7 @@ One call is one dask task; it returns where its time went so the benchmark can r
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -121,6 +122,7 @@ def export_shard(job: ShardJob) -> ShardTiming:
         k=job.settings.k,
         cache_key=job.cache_key,
         digests=dict(job.digests),
+        prepared=os.path.relpath(job.prepared, Path(job.output).parent),
         marginals_dtype=job.settings.marginals_dtype,
         emissions_dtype=job.settings.emissions_dtype,
         edge_marginals=job.settings.edge_marginals,

@@ -285,6 +285,16 @@ class KnowledgeArrays:
                 )
         return pa.Table.from_arrays(arrays, schema=meta.schema())
 
+    def tokens(self, i: int) -> slice:
+        """Rows of sentence ``i`` in the per-token arrays (``log_marginals``, ``emissions``)."""
+        offs = ragged.offsets(np.asarray(self.lengths, np.int64))
+        return slice(int(offs[i]), int(offs[i + 1]))
+
+    def paths(self, i: int) -> np.ndarray:
+        """``(k, n_i)`` k-best tag paths of sentence ``i``, rank by rank (-1 for missing ones)."""
+        k, span = self.topk_scores.shape[1], self.tokens(i)
+        return self.topk_tags[k * span.start : k * span.stop].reshape(k, span.stop - span.start)
+
     @classmethod
     def from_table(cls, table: pa.Table, *, k: int, n_tags: int) -> KnowledgeArrays:
         """Inverse of :meth:`to_table`; ``k`` and ``n_tags`` from :class:`KnowledgeMeta`."""

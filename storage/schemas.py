@@ -257,6 +257,8 @@ class KnowledgeMeta:
         k: k-best size K.
         cache_key: content key of the cache entry (storage.cache.cache_key).
         digests: the input digests the key was computed from.
+        prepared: the prepared shard these rows come from, relative to the knowledge shard's
+            directory ("" if unknown), so readers find the words without knowing the layout.
     """
 
     labels: tuple[str, ...]
@@ -266,6 +268,7 @@ class KnowledgeMeta:
     k: int
     cache_key: str
     digests: Mapping[str, str] = field(default_factory=dict)
+    prepared: str = ""
     marginals_dtype: FloatDtype = "float32"
     emissions_dtype: FloatDtype = "float32"
     edge_marginals: bool = False
@@ -309,6 +312,7 @@ class KnowledgeMeta:
             "edge_marginals": json.dumps(self.edge_marginals),
             "cache_key": self.cache_key,
             "digests": json.dumps(dict(self.digests), sort_keys=True),
+            **({"prepared": self.prepared} if self.prepared else {}),
         }
 
     @classmethod
@@ -324,6 +328,7 @@ class KnowledgeMeta:
             k=int(_require(m, "k", "knowledge")),
             cache_key=_require(m, "cache_key", "knowledge"),
             digests=json.loads(_require(m, "digests", "knowledge")),
+            prepared=m.get("prepared", ""),
             marginals_dtype=dtypes["log_marginals"],
             emissions_dtype=dtypes["emissions"],
             edge_marginals=json.loads(_require(m, "edge_marginals", "knowledge")),

@@ -131,7 +131,12 @@ class Padder:
         return ragged.mask(n, int(n.max()))
 
     def tokens(
-        self, values: np.ndarray, rows: np.ndarray, *, fill: float = 0, dtype: type = np.float32
+        self,
+        values: np.ndarray,
+        rows: np.ndarray,
+        *,
+        fill: float = 0,
+        dtype: np.dtype | type = np.float32,
     ) -> np.ndarray:
         """Per-token ``values (n_tokens, ...)`` of sentences ``rows`` as ``(B, N, ...)``."""
         n = self.lengths[rows]
@@ -162,7 +167,7 @@ class Padder:
         padded = ragged.pad(
             values, np.repeat(n, k), starts.reshape(-1), width=longest, fill=spec.pad, dtype=dtype
         )
-        return padded.reshape(len(rows), k, longest)
+        return padded.reshape(spec.padded_shape(len(rows), longest, k, self.n_tags))
 
 
 class DistillationStream(ShardStream, IterableDataset[Batch]):

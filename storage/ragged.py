@@ -56,12 +56,6 @@ def pad(
     return out
 
 
-def unpad(padded: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`pad` with ``starts = offsets(lengths)[:-1]``: the flat rows."""
-    rows, pos, _ = scatter_index(lengths, np.zeros(len(lengths), np.int64))
-    return padded[rows, pos]
-
-
 def mask(lengths: np.ndarray, width: int) -> np.ndarray:
     """``(n_rows, width)`` bool, True at the first ``lengths[i]`` positions of row i."""
     return np.arange(width)[None, :] < np.asarray(lengths)[:, None]

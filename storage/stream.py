@@ -89,6 +89,11 @@ class ShardStream:
         read_rows: rows per read; ``buffer_size >= interleave * read_rows`` lets every pool
             draw from all open shards.
         rank, world_size: this process in distributed training.
+
+    Attributes:
+        stored_k: K of the knowledge shards (None when no knowledge is read).
+        k: paths per sentence in the pools: ``k`` when given, else ``stored_k``.
+        dim, labels: feature width and the knowledge's label list, from the footers.
     """
 
     def __init__(
@@ -135,7 +140,6 @@ class ShardStream:
         if k is not None and self.stored_k is not None and k > self.stored_k:
             raise ConfigError(f"k = {k} but the knowledge holds only K = {self.stored_k} paths")
         self.k = self.stored_k if k is None or self.stored_k is None else k
-        """Paths per sentence in the pools (the shards' K, or the ``k`` asked for)."""
 
     @property
     def n_tags(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ class Batch:
         return self._map(torch.Tensor.pin_memory)
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
-        changes = {
+        changes: dict[str, Any] = {
             f.name: fn(v)
             for f in dataclasses.fields(self)
             if isinstance(v := getattr(self, f.name), torch.Tensor)
@@ -251,7 +252,7 @@ class DistillationStream(ShardStream, IterableDataset[Batch]):
 
     def _batch(self, pool: Mapping[str, np.ndarray], padder: Padder, rows: np.ndarray) -> Batch:
         """Pad pooled sentences ``rows`` into a :class:`Batch` (vectorised gathers, no loop)."""
-        knowledge = {
+        knowledge: dict[str, Any] = {
             name: torch.from_numpy(padder.column(KNOWLEDGE_COLUMNS[name], pool[name], rows))
             for name in self.knowledge_columns
         }

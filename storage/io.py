@@ -42,7 +42,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write_fn: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write_fn: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through ``write_fn(file)``: temporary name, fsync, rename, directory fsync.
 
     The parent directory is created if needed. On any failure the temporary file is removed and

@@ -52,6 +52,7 @@ import torch
 from _workload import REPO, copy_tree, link_encoders, machine, median, stopwatch
 
 from structkd.errors import StructkdError
+from structkd.pipeline.batching import Batch, DistillationStream
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import open_project
@@ -60,7 +61,7 @@ from structkd.pipeline.models import Tagger, TaggerConfig
 from structkd.pipeline.params import METHODS, StudentParams
 from structkd.pipeline.training import make_optimizer
 from structkd.storage.cache import KnowledgeCache
-from structkd.storage.stream import Batch, DistillationStream, LanguageShards
+from structkd.storage.stream import LanguageShards
 
 LAMBDA = 0.5
 GOALS = {"topwk": 1.3, "posterior": 1.3, "pos+topwk": 1.5}

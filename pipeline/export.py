@@ -1,12 +1,14 @@
 """Run one teacher over one prepared shard and write its knowledge shard (design.md §3).
 
 The teacher network computes emissions in torch; everything structured (log Z, marginals, edge
-marginals, exact k-best) comes from the numba kernels on the flat ragged arrays, in float64.
+marginals, exact k-best) comes from the numba kernels on the flat ragged arrays, in float64,
+with one forward-backward pass per shard; the shard is validated once, as stored.
 One call is one dask task; it returns where its time went so the benchmark can report it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,9 +19,10 @@ import torch
 
 from structkd.errors import InputError
 from structkd.pipeline import crf_kernels
-from structkd.pipeline.data import budget_batches
+from structkd.pipeline.batching import Padder, budget_batches
 from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.params import ExportParams
+from structkd.storage import ragged
 from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
 from structkd.storage.manifest import ShardRecord
 from structkd.storage.schemas import FeaturesMeta, KnowledgeMeta
@@ -63,21 +66,17 @@ def teacher_emissions(
     model: Tagger, tokens: np.ndarray, features: np.ndarray, lengths: np.ndarray
 ) -> np.ndarray:
     """Emissions ``(n_tokens, n_tags)`` float64 of flat tokens/features, batched by length."""
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    padder = Padder(lengths)
+    offsets = ragged.offsets(lengths)
     out = np.empty((int(offsets[-1]), model.config.n_tags), np.float64)
     for batch in budget_batches(lengths, TEACHER_BATCH_TOKENS):
-        n = int(lengths[batch].max())
-        feats = torch.zeros(len(batch), n, features.shape[1])
-        mask = torch.zeros(len(batch), n, dtype=torch.bool)
-        for row, i in enumerate(batch):
-            lo, hi = offsets[i], offsets[i + 1]
-            feats[row, : hi - lo] = torch.from_numpy(features[lo:hi].astype(np.float32))
-            mask[row, : hi - lo] = True
-        words = [list(tokens[offsets[i] : offsets[i + 1]]) for i in batch]
+        rows = np.asarray(batch, np.int64)
+        feats = torch.from_numpy(padder.tokens(features, rows, dtype=np.float32))
+        mask = torch.from_numpy(padder.mask(rows))
+        words = [list(ragged.row(tokens, offsets, i)) for i in batch]
         with torch.inference_mode():
             scores = model.emissions(feats, mask, words).double().numpy()
-        for row, i in enumerate(batch):
-            out[offsets[i] : offsets[i + 1]] = scores[row, : offsets[i + 1] - offsets[i]]
+        padder.unpad(scores, rows, out)
     return out
 
 
@@ -102,17 +101,17 @@ def export_shard(job: ShardJob) -> ShardTiming:
 
     bad = ~np.isfinite(emissions).all(axis=1)
     if bad.any():  # the kernels would refuse them with a ValueError: name the sentence instead
-        first = int(np.searchsorted(np.cumsum(lengths), np.argmax(bad), "right"))
+        first = int(np.searchsorted(ragged.offsets(lengths)[1:], np.argmax(bad), "right"))
         raise InputError(
             f"{job.prepared}: sent_id {int(prepared.sent_id[first])}",
             f"teacher {job.teacher_dir}: emissions contain NaN or inf; not exported",
         )
     crf = model.crf.numpy_params()
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    kwargs = {"emissions": emissions, "offsets": offsets, **crf}
-    log_z, log_marginals = crf_kernels.forward_backward(**kwargs)
+    kwargs = {"emissions": emissions, "offsets": ragged.offsets(lengths), **crf}
+    log_z, log_marginals, edges = crf_kernels.posteriors(
+        **kwargs, edges=job.settings.edge_marginals
+    )
     kbest_tags, kbest_scores, k_valid = crf_kernels.kbest(**kwargs, k=job.settings.k)
-    edges = crf_kernels.edge_marginals(**kwargs) if job.settings.edge_marginals else None
     kernels_done = time.perf_counter()
 
     meta = KnowledgeMeta(
@@ -123,6 +122,7 @@ def export_shard(job: ShardJob) -> ShardTiming:
         k=job.settings.k,
         cache_key=job.cache_key,
         digests=dict(job.digests),
+        prepared=os.path.relpath(job.prepared, Path(job.output).parent),
         marginals_dtype=job.settings.marginals_dtype,
         emissions_dtype=job.settings.emissions_dtype,
         edge_marginals=job.settings.edge_marginals,
@@ -139,13 +139,13 @@ def export_shard(job: ShardJob) -> ShardTiming:
         edge_marginals=edges,
     )
     try:
-        arrays.validate(meta)
+        table = arrays.to_table(meta)  # validates, once, the values as stored
     except InputError as exc:
         raise InputError(
             f"{job.prepared}: {exc.where}",
             f"teacher {job.teacher_dir}: {exc.problem}; not exported",
         ) from None
-    record = write_table_atomic(arrays.to_table(meta), Path(job.output))
+    record = write_table_atomic(table, Path(job.output))
     done = time.perf_counter()
     return ShardTiming(
         record=record,

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 from structkd.errors import InputError
 from structkd.pipeline.corpus import Sentence
 from structkd.pipeline.schemes import OUTSIDE, canonical, split_tag, types_of
+from structkd.storage.io import atomic_write_text
 
 INTERNAL_SCHEMES: tuple[str, ...] = ("bioes", "none")
 _BIOES_PREFIXES = ("B", "I", "E", "S")
@@ -182,24 +181,12 @@ class LabelSet:
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     def save(self, path: str | Path) -> None:
-        """Write ``labels.json`` atomically (temporary file in the same folder, then rename)."""
+        """Write ``labels.json`` durably (:func:`~structkd.storage.io.atomic_write`)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(
             {"labels": list(self.labels), "scheme": self.scheme}, indent=1, ensure_ascii=False
         )
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(text + "\n")
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> LabelSet:

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from structkd.errors import StructkdError
 from structkd.pipeline.crf import CRF
 from structkd.pipeline.labels import LabelSet
+from structkd.storage.io import atomic_write, atomic_write_text
 
 PAD, UNK = "<pad>", "<unk>"
 MAX_WORD_CHARS = 24
@@ -173,13 +174,11 @@ class Tagger(nn.Module):
 
 def save_tagger(model: Tagger, directory: Path) -> None:
     """Write ``config.json``, ``model.safetensors`` and ``labels.json`` into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "config.json.tmp"
-    tmp.write_text(json.dumps(asdict(model.config), indent=1, ensure_ascii=False), "utf-8")
-    tmp.replace(directory / "config.json")
+    config = json.dumps(asdict(model.config), indent=1, ensure_ascii=False)
+    atomic_write_text(directory / "config.json", config)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors.tmp"))
-    (directory / "model.safetensors.tmp").replace(directory / "model.safetensors")
+    data = save(state)
+    atomic_write(directory / "model.safetensors", lambda f: f.write(data))
     model.labels.save(directory / "labels.json")
 
 

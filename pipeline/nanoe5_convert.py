@@ -19,7 +19,6 @@ of byte j is weight j, high nibble weight j + 16; value = (nibble - 8) * scale.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.resources
 import json
 import os
@@ -47,6 +46,7 @@ from tokenizers.models import Unigram
 from transformers import BertConfig
 
 from structkd.errors import StructkdError
+from structkd.storage.io import sha256_file
 
 CONVERTER_VERSION = 1
 SOURCE_FILE = "e5-small-q4.bin"
@@ -110,11 +110,7 @@ def source_path() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _digest_of(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(Path(path))
 
 
 def e5_source_digest() -> str:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from structkd.errors import StructkdError
+from structkd.pipeline.batching import Batch
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
@@ -21,7 +22,7 @@ from structkd.pipeline.params import Method, StudentParams
 from structkd.storage.cache import KnowledgeCache
 from structkd.storage.schemas import KnowledgeMeta
 from structkd.storage.shards import shard_metadata
-from structkd.storage.stream import Batch, LanguageShards
+from structkd.storage.stream import LanguageShards
 
 
 def training_sources(

@@ -14,6 +14,14 @@ def show(
         int | None, typer.Option(help="Row to show: its tokens and top-k paths with probabilities.")
     ] = None,
     top: Annotated[int, typer.Option(help="How many of the k-best paths to print.")] = 5,
+    prepared: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="The prepared shard holding the words (default: the one the shard records).",
+        ),
+    ] = None,
 ) -> None:
     """Schema, metadata and counts of a knowledge shard; optionally one sentence's top-k paths."""
     import numpy as np
@@ -47,21 +55,21 @@ def show(
         from structkd.errors import StructkdError
 
         raise StructkdError(f"{path}: sentence {sentence} out of range 0..{table.num_rows - 1}")
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    n, lo = int(lengths[sentence]), int(offsets[sentence])
-    paths = arrays.topk_tags[meta.k * lo : meta.k * (lo + n)].reshape(meta.k, n)
+    span, n = arrays.tokens(sentence), int(lengths[sentence])
+    paths = arrays.paths(sentence)
     scores = np.asarray(arrays.topk_scores[sentence], np.float64)
-    tokens = _tokens(path, int(arrays.sent_id[sentence]))
+    sent_id = int(arrays.sent_id[sentence])
     typer.echo(
-        f"\nsentence {sentence} (sent_id {int(arrays.sent_id[sentence])}, {n} tokens, "
+        f"\nsentence {sentence} (sent_id {sent_id}, {n} tokens, "
         f"log Z {float(arrays.log_z[sentence]):.3f}, {int(arrays.k_valid[sentence])} paths)"
     )
-    typer.echo("  tokens: " + " ".join(tokens or ["?"] * n))
+    words = _words(path, meta.prepared, prepared, sent_id, n)
+    typer.echo(f"  tokens: {' '.join(words)}" if isinstance(words, list) else f"  {words}")
     for rank in range(min(top, int(arrays.k_valid[sentence]))):
         prob = float(np.exp(scores[rank] - arrays.log_z[sentence]))
         tags = " ".join(meta.labels[t] for t in paths[rank])
         typer.echo(f"  #{rank + 1} p={prob:.4f} score={scores[rank]:.3f}: {tags}")
-    marg = np.exp(arrays.log_marginals[lo : lo + n].astype(np.float64))
+    marg = np.exp(arrays.log_marginals[span].astype(np.float64))
     best = marg.argmax(1)
     typer.echo(
         "  max marginals: "
@@ -69,21 +77,25 @@ def show(
     )
 
 
-def _tokens(path: Path, sent_id: int) -> list[str] | None:
-    """The sentence's words from the prepared shard of the same name, if the project has it."""
+def _words(path: Path, recorded: str, given: Path | None, sent_id: int, n: int) -> list[str] | str:
+    """The sentence's words from its prepared shard (``given``, else the one the knowledge
+    shard records next to itself), or one line saying why they cannot be shown."""
     import numpy as np
 
+    from structkd.storage import ragged
     from structkd.storage.arrays import PreparedArrays
     from structkd.storage.shards import read_shard
 
-    prepared = (
-        path.resolve().parents[2] / "data" / "prepared" / path.parent.name / "train" / path.name
-    )
-    if not prepared.exists():
-        return None
-    arrays = PreparedArrays.from_table(read_shard(prepared, expect_table="prepared"))
+    hint = "pass --prepared <its prepared shard> to show them"
+    if given is None:
+        if not recorded:
+            return f"tokens not shown: {path} does not record its prepared shard; {hint}"
+        given = path.parent / recorded
+        if not given.is_file():
+            return f"tokens not shown: its prepared shard {given} is not there; {hint}"
+    arrays = PreparedArrays.from_table(read_shard(given, expect_table="prepared"))
     row = int(np.searchsorted(arrays.sent_id, sent_id))
-    if row >= len(arrays.sent_id) or arrays.sent_id[row] != sent_id:
-        return None
-    offsets = np.concatenate([[0], np.cumsum(arrays.lengths)])
-    return [str(t) for t in arrays.tokens[offsets[row] : offsets[row + 1]]]
+    offsets = ragged.offsets(np.asarray(arrays.lengths, np.int64))
+    if row >= len(arrays.sent_id) or arrays.sent_id[row] != sent_id or arrays.lengths[row] != n:
+        return f"tokens not shown: {given} has no sentence {sent_id} of {n} tokens"
+    return [str(t) for t in ragged.row(arrays.tokens, offsets, row)]

@@ -30,6 +30,7 @@ def main(
     import torch
 
     from structkd.pipeline import distributed
+    from structkd.pipeline.batching import Batch, DistillationStream
     from structkd.pipeline.data import load_split
     from structkd.pipeline.evaluation import evaluate_split, predict_split
     from structkd.pipeline.labels import LabelSet
@@ -39,7 +40,6 @@ def main(
     from structkd.pipeline.predictor import encoder_settings
     from structkd.pipeline.student import batch_loss, kd_weight, training_sources
     from structkd.pipeline.training import fit, run_fingerprint, write_json
-    from structkd.storage.stream import Batch, DistillationStream
 
     params, layout = open_project(params_path)
     rank, _ = distributed.init_from_env()

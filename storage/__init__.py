@@ -1,1 +1,2 @@
-"""Parquet schemas, atomic shard writer, streaming reader and the knowledge cache."""
+"""Parquet schemas and the knowledge column contract, durable I/O and digests, ragged arrays,
+the atomic shard writer, the numpy streaming reader and the knowledge cache (no torch here)."""

@@ -9,17 +9,20 @@ and metadata are in :mod:`structkd.storage.schemas`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from structkd.errors import InputError
+from structkd.errors import InputError, StructkdError
+from structkd.storage import ragged
 from structkd.storage.schemas import (
-    ARROW_FLOAT,
     FEATURES_SCHEMA,
+    KNOWLEDGE_COLUMNS,
     PREPARED_SCHEMA,
     FeaturesMeta,
+    KnowledgeColumn,
     KnowledgeMeta,
     PreparedMeta,
 )
@@ -35,8 +38,7 @@ def list_array(values: np.ndarray, sizes: np.ndarray, value_type: pa.DataType) -
         sizes: ``(n_rows,)`` number of values of each row.
         value_type: Arrow type of the values.
     """
-    offsets = np.zeros(len(sizes) + 1, np.int64)
-    np.cumsum(sizes, out=offsets[1:])
+    offsets = ragged.offsets(sizes)
     if offsets[-1] != len(values):
         raise ValueError(f"values must have sum(sizes)={offsets[-1]} elements, got {len(values)}")
     if offsets[-1] > _INT32_MAX:
@@ -197,32 +199,24 @@ class KnowledgeArrays:
         """Check shapes (ValueError) and teacher outputs (InputError naming the sentence).
 
         NaN anywhere, +inf anywhere, -inf in log Z or emissions, or k-best padding that does not
-        follow the contract is a teacher bug that must never reach the student.
+        follow the contract is a teacher bug that must never reach the student. Shapes come
+        from :data:`~structkd.storage.schemas.KNOWLEDGE_COLUMNS`.
         """
         n, k, n_tags = len(self.sent_id), meta.k, meta.n_tags
-        for name in ("lengths", "log_z", "k_valid"):
+        specs = [KNOWLEDGE_COLUMNS[name] for name in meta.columns]
+        for name in ("lengths", *(s.name for s in specs if s.axis == "sentence")):
             _check_rows(name, getattr(self, name), n)
         lengths = np.asarray(self.lengths, np.int64)
         if n and lengths.min() < 1:
             raise ValueError(f"lengths must be >= 1, got {lengths.min()}")
-        n_tok = int(lengths.sum())
-        shapes = {
-            "topk_tags": ((k * n_tok,), self.topk_tags.shape),
-            "topk_scores": ((n, k), self.topk_scores.shape),
-            "log_marginals": ((n_tok, n_tags), self.log_marginals.shape),
-            "emissions": ((n_tok, n_tags), self.emissions.shape),
-        }
-        if meta.edge_marginals:
-            edges = self.edge_marginals
-            shapes["edge_marginals"] = (
-                (n_tok - n, n_tags, n_tags),
-                None if edges is None else edges.shape,
-            )
-        elif self.edge_marginals is not None:
+        if not meta.edge_marginals and self.edge_marginals is not None:
             raise ValueError("edge_marginals given but meta.edge_marginals is False")
-        for name, (want, got) in shapes.items():
-            if want != got:
-                raise ValueError(f"{name} must have shape {want}, got {got}")
+        for spec in specs:
+            if spec.axis != "sentence":
+                want = spec.flat_shape(lengths, k, n_tags)
+                got = None if (value := getattr(self, spec.name)) is None else value.shape
+                if want != got:
+                    raise ValueError(f"{spec.name} must have shape {want}, got {got}")
         tok_sent = np.repeat(np.arange(n), lengths)
         bad = {
             "log_z is not finite": ~np.isfinite(self.log_z),
@@ -246,7 +240,8 @@ class KnowledgeArrays:
         ).any(axis=1)
         bad["topk_scores increase"] = ((scores[:, 1:] > scores[:, :-1]) & ~pad[:, 1:]).any(axis=1)
         # path index of every flat topk_tags entry, to check that padding paths hold -1 only
-        path = np.arange(k * n_tok) - np.repeat(k * (np.cumsum(lengths) - lengths), k * lengths)
+        n_tok = int(lengths.sum())
+        path = np.arange(k * n_tok) - np.repeat(k * ragged.offsets(lengths)[:-1], k * lengths)
         path //= np.repeat(lengths, k * lengths)
         tags = np.asarray(self.topk_tags, np.int64)
         pad_tok = path >= np.repeat(k_valid, k * lengths)
@@ -262,62 +257,113 @@ class KnowledgeArrays:
     def to_table(self, meta: KnowledgeMeta) -> pa.Table:
         """Validated Arrow table with ``meta.schema()`` (dtypes and metadata from ``meta``).
 
-        Values are validated as stored, after the cast to their column dtype, so an emission
-        that overflows float16 is caught rather than stored as inf.
+        Values are validated once, as stored, after the cast to their column dtype, so an
+        emission that overflows float16 is caught rather than stored as inf.
         """
+        specs = [KNOWLEDGE_COLUMNS[name] for name in meta.columns]
+        dtypes = {s.name: s.stored_dtype(meta.dtypes) for s in specs}
         with np.errstate(over="ignore"):
             stored = dataclasses.replace(
                 self,
-                topk_scores=np.asarray(self.topk_scores, np.float32),
-                log_marginals=np.asarray(self.log_marginals, meta.marginals_dtype),
-                emissions=np.asarray(self.emissions, meta.emissions_dtype),
-                edge_marginals=(
-                    None
-                    if self.edge_marginals is None
-                    else np.asarray(self.edge_marginals, np.float16)
-                ),
+                **{
+                    name: np.asarray(getattr(self, name), dtype)
+                    for name, dtype in dtypes.items()
+                    if dtype.kind == "f" and getattr(self, name) is not None
+                },
             )
         stored.validate(meta)
         lengths = np.asarray(self.lengths, np.int64)
-        k, n_tags = meta.k, meta.n_tags
-        arrays = [
-            pa.array(np.asarray(self.sent_id, np.int64)),
-            pa.array(lengths.astype(np.int32)),
-            pa.array(np.asarray(self.log_z, np.float64)),
-            list_array(np.asarray(self.topk_tags, np.int16), lengths * k, pa.int16()),
-            list_array(stored.topk_scores.reshape(-1), np.full(len(lengths), k), pa.float32()),
-            pa.array(np.asarray(self.k_valid, np.int16)),
-            list_array(
-                stored.log_marginals.reshape(-1),
-                lengths * n_tags,
-                ARROW_FLOAT[meta.marginals_dtype],
-            ),
-            list_array(
-                stored.emissions.reshape(-1), lengths * n_tags, ARROW_FLOAT[meta.emissions_dtype]
-            ),
-        ]
-        if stored.edge_marginals is not None:
-            flat = stored.edge_marginals.reshape(-1)
-            arrays.append(list_array(flat, (lengths - 1) * n_tags * n_tags, pa.float16()))
+        arrays = [pa.array(np.asarray(self.sent_id, np.int64)), pa.array(lengths.astype(np.int32))]
+        for spec in specs:
+            value = np.asarray(getattr(stored, spec.name), dtypes[spec.name])
+            if spec.axis == "sentence":
+                arrays.append(pa.array(value))
+            else:
+                sizes = spec.sizes(lengths, meta.k, meta.n_tags)
+                arrays.append(
+                    list_array(value.reshape(-1), sizes, spec.arrow_type(meta.dtypes).value_type)
+                )
         return pa.Table.from_arrays(arrays, schema=meta.schema())
+
+    def tokens(self, i: int) -> slice:
+        """Rows of sentence ``i`` in the per-token arrays (``log_marginals``, ``emissions``)."""
+        offs = ragged.offsets(np.asarray(self.lengths, np.int64))
+        return slice(int(offs[i]), int(offs[i + 1]))
+
+    def paths(self, i: int) -> np.ndarray:
+        """``(k, n_i)`` k-best tag paths of sentence ``i``, rank by rank (-1 for missing ones)."""
+        k, span = self.topk_scores.shape[1], self.tokens(i)
+        return self.topk_tags[k * span.start : k * span.stop].reshape(k, span.stop - span.start)
 
     @classmethod
     def from_table(cls, table: pa.Table, *, k: int, n_tags: int) -> KnowledgeArrays:
         """Inverse of :meth:`to_table`; ``k`` and ``n_tags`` from :class:`KnowledgeMeta`."""
-        edges = None
-        if "edge_marginals" in table.column_names:
-            edges = list_values(table.column("edge_marginals"))[0].reshape(-1, n_tags, n_tags)
-        return cls(
-            sent_id=_column(table, "sent_id"),
-            lengths=_column(table, "length"),
-            log_z=_column(table, "log_z"),
-            topk_tags=list_values(table.column("topk_tags"))[0],
-            topk_scores=list_values(table.column("topk_scores"))[0].reshape(-1, k),
-            k_valid=_column(table, "k_valid"),
-            log_marginals=list_values(table.column("log_marginals"))[0].reshape(-1, n_tags),
-            emissions=list_values(table.column("emissions"))[0].reshape(-1, n_tags),
-            edge_marginals=edges,
+        names = [n for n in KNOWLEDGE_COLUMNS if n in table.column_names]
+        lengths = _column(table, "length")
+        columns = read_knowledge(table, names, lengths=lengths, k=k, n_tags=n_tags)
+        return cls(sent_id=_column(table, "sent_id"), lengths=lengths, **columns)
+
+
+def read_knowledge(
+    source: pa.Table | pa.RecordBatch,
+    names: Sequence[KnowledgeColumn],
+    *,
+    lengths: np.ndarray,
+    k: int,
+    n_tags: int,
+    k_out: int | None = None,
+    where: Callable[[int], str] = lambda row: f"row {row}",
+) -> dict[str, np.ndarray]:
+    """The one reader of knowledge columns: flat arrays laid out as in :class:`KnowledgeArrays`.
+
+    Every row's value count is checked against its column's size rule, and with ``k_out < k``
+    only the best ``k_out`` paths are kept (``topk_tags``, ``topk_scores``; ``k_valid`` clamped),
+    so a reader never pads paths it does not use.
+
+    Args:
+        source: the table or record batch holding the columns.
+        names: columns to read.
+        lengths: ``(n_rows,)`` sentence lengths of the rows.
+        k, n_tags: the shard's K and L (:class:`KnowledgeMeta`).
+        k_out: paths to keep; None keeps all K.
+        where: names row j in an error ("<path>: row 12").
+
+    Raises:
+        StructkdError: a row holds the wrong number of values for its column.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        spec = KNOWLEDGE_COLUMNS[name]
+        if spec.axis == "sentence":
+            out[name] = source.column(name).to_numpy()
+            continue
+        values, offsets = list_values(source.column(name))
+        got, want = np.diff(offsets), spec.sizes(lengths, k, n_tags)
+        if not np.array_equal(got, want):
+            j = int(np.flatnonzero(got != want)[0])
+            raise StructkdError(f"{where(j)}: {name} has {got[j]} values, expected {want[j]}")
+        out[name] = values.reshape(spec.flat_shape(lengths, k, n_tags))
+    if k_out is not None and k_out < k:
+        out = _keep_paths(out, lengths, k, k_out)
+    return out
+
+
+def _keep_paths(
+    columns: dict[str, np.ndarray], lengths: np.ndarray, k: int, k_out: int
+) -> dict[str, np.ndarray]:
+    """The columns with only each sentence's best ``k_out`` of ``k`` paths."""
+    out = dict(columns)
+    if "topk_tags" in out:  # sentence i: k blocks of n_i tags from k * offsets[i]; keep k_out
+        within = np.arange(len(out["topk_tags"])) - np.repeat(
+            k * ragged.offsets(lengths)[:-1], k * lengths
         )
+        out["topk_tags"] = out["topk_tags"][within < np.repeat(k_out * lengths, k * lengths)]
+    if "topk_scores" in out:
+        out["topk_scores"] = out["topk_scores"][:, :k_out]
+    if "k_valid" in out:
+        out["k_valid"] = np.minimum(out["k_valid"], k_out).astype(out["k_valid"].dtype)
+    return out
 
 
 def _rows_any(flags: np.ndarray, row_of: np.ndarray, n_rows: int) -> np.ndarray:

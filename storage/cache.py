@@ -29,12 +29,12 @@ from typing import Literal
 from filelock import FileLock
 
 from structkd.errors import ConfigError, StructkdError
+from structkd.storage.io import tree_digest
 from structkd.storage.manifest import (
     MANIFEST_NAME,
     Manifest,
     ShardRecord,
     read_manifest,
-    sha256_file,
     verify_shard,
     write_manifest,
 )
@@ -81,22 +81,8 @@ def cache_key(
 
 
 def content_digest(path: Path) -> str:
-    """sha256 of a file, or of a directory tree (relative paths + file digests, sorted).
-
-    Hidden files and directories (locks, temporaries) are skipped, so the digest changes only
-    when content does.
-    """
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    if not path.is_dir():
-        raise StructkdError(f"{path}: not found (cannot compute its digest)")
-    digest = hashlib.sha256()
-    for file in sorted(path.rglob("*")):
-        rel = file.relative_to(path)
-        if file.is_file() and not any(part.startswith(".") for part in rel.parts):
-            digest.update(f"{rel.as_posix()}\0{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
+    """Digest of a file or directory tree (:func:`structkd.storage.io.tree_digest`)."""
+    return tree_digest(path)
 
 
 class KnowledgeCache:

@@ -12,32 +12,17 @@ A shard listed here was completely written (shards are renamed into place only w
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from structkd.errors import StructkdError
+from structkd.storage.io import atomic_write_text, parquet_errors, sha256_file
 from structkd.storage.schemas import SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
-INVALID_PARQUET = "not a valid Parquet file (truncated or corrupt)"
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -97,32 +82,15 @@ class Manifest:
 
 def parquet_rows(path: Path) -> int:
     """Row count from the Parquet footer; StructkdError if the file is not valid Parquet."""
-    try:
+    with parquet_errors(path):
         return int(pq.read_metadata(path).num_rows)
-    except FileNotFoundError as e:
-        raise StructkdError(f"{path}: file not found") from e
-    except (pa.ArrowInvalid, OSError) as e:
-        raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
-
-
-def temp_path(path: Path) -> Path:
-    """Hidden temporary name next to ``path`` (same filesystem, so the final rename is atomic),
-    unique per process and thread so concurrent writers never share one."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a hidden temporary file, fsync it, then rename it over ``path``."""
-    tmp = temp_path(path)
+    """Durably replace ``path`` with ``text`` (:func:`~structkd.storage.io.atomic_write`)."""
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as e:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
         raise StructkdError(f"{path}: cannot write ({e.strerror or e})") from e
 
 

@@ -28,8 +28,6 @@ SCHEMA_VERSION = 1
 FloatDtype = Literal["float16", "float32"]
 TableKind = Literal["prepared", "features", "knowledge"]
 
-ARROW_FLOAT = {"float16": pa.float16(), "float32": pa.float32()}
-
 
 def _base_metadata(kind: TableKind) -> dict[str, str]:
     return {"schema_version": str(SCHEMA_VERSION), "table": kind}
@@ -55,6 +53,98 @@ FEATURES_SCHEMA = pa.schema(
 )
 
 
+KnowledgeColumn = Literal[
+    "log_z", "topk_tags", "topk_scores", "k_valid", "log_marginals", "emissions", "edge_marginals"
+]
+"""A column of teacher knowledge (besides ``sent_id`` and ``length``, which every table has)."""
+
+Axis = Literal["sentence", "path", "token", "edge", "path_token"]
+"""What one sentence's values of a column run over: 1 value, its K paths, its n tokens, its
+n - 1 edges, or K paths of n tags each (path-major)."""
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """The one definition of a knowledge column: stored type, size per sentence, padded form.
+
+    Attributes:
+        name: column name.
+        axis: what a sentence's values run over (:data:`Axis`).
+        dtype: stored numpy dtype; None when the export chooses it (``KnowledgeMeta.dtypes``).
+        batch_dtype: numpy dtype in a padded batch.
+        pad: value at padded positions of a batch.
+        optional: written only when the export asks for it.
+    """
+
+    name: KnowledgeColumn
+    axis: Axis
+    dtype: str | None
+    batch_dtype: str
+    pad: float = 0
+    optional: bool = False
+
+    def stored_dtype(self, dtypes: Mapping[str, str]) -> np.dtype:
+        """Numpy dtype on disk; ``dtypes`` maps export-chosen columns to their dtype."""
+        return np.dtype(self.dtype or dtypes[self.name])
+
+    def arrow_type(self, dtypes: Mapping[str, str]) -> pa.DataType:
+        """Arrow type of the column (a list type unless one value per sentence)."""
+        value = pa.from_numpy_dtype(self.stored_dtype(dtypes))
+        return value if self.axis == "sentence" else pa.list_(value)
+
+    def item_shape(self, n_tags: int) -> tuple[int, ...]:
+        """Trailing shape of one item (a token's or an edge's values)."""
+        return {"token": (n_tags,), "edge": (n_tags, n_tags)}.get(self.axis, ())
+
+    def items(self, lengths: np.ndarray, k: int) -> np.ndarray:
+        """Items per sentence along the ragged axis (k paths, n tokens, n - 1 edges, ...)."""
+        lengths = np.asarray(lengths, np.int64)
+        return {
+            "sentence": np.ones_like(lengths),
+            "path": np.full_like(lengths, k),
+            "token": lengths,
+            "edge": lengths - 1,
+            "path_token": k * lengths,
+        }[self.axis]
+
+    def sizes(self, lengths: np.ndarray, k: int, n_tags: int) -> np.ndarray:
+        """Stored values per sentence, as a function of the lengths, K and L."""
+        return self.items(lengths, k) * int(np.prod(self.item_shape(n_tags), dtype=np.int64))
+
+    def flat_shape(self, lengths: np.ndarray, k: int, n_tags: int) -> tuple[int, ...]:
+        """Shape of the column's flat array (sentences stacked), as in ``KnowledgeArrays``."""
+        if self.axis == "sentence":
+            return (len(lengths),)
+        if self.axis == "path":
+            return (len(lengths), k)
+        return (int(self.items(lengths, k).sum()), *self.item_shape(n_tags))
+
+    def padded_shape(self, batch: int, longest: int, k: int, n_tags: int) -> tuple[int, ...]:
+        """Shape in a batch of ``batch`` sentences padded to ``longest`` tokens."""
+        return {
+            "sentence": (batch,),
+            "path": (batch, k),
+            "token": (batch, longest, n_tags),
+            "edge": (batch, longest - 1, n_tags, n_tags),
+            "path_token": (batch, k, longest),
+        }[self.axis]
+
+
+KNOWLEDGE_COLUMNS: Mapping[KnowledgeColumn, ColumnSpec] = {
+    spec.name: spec
+    for spec in (
+        ColumnSpec("log_z", "sentence", "float64", "float64"),
+        ColumnSpec("topk_tags", "path_token", "int16", "int64", pad=-1),
+        ColumnSpec("topk_scores", "path", "float32", "float32"),
+        ColumnSpec("k_valid", "sentence", "int16", "int64"),
+        ColumnSpec("log_marginals", "token", None, "float32"),
+        ColumnSpec("emissions", "token", None, "float32"),
+        ColumnSpec("edge_marginals", "edge", "float16", "float32", optional=True),
+    )
+}
+"""Every knowledge column, in table order: read by the writer, the validator and every reader."""
+
+
 def knowledge_schema(
     *,
     marginals_dtype: FloatDtype = "float32",
@@ -62,18 +152,16 @@ def knowledge_schema(
     edge_marginals: bool = False,
 ) -> pa.Schema:
     """Knowledge shard schema for the chosen dtypes; ``edge_marginals`` adds the optional column."""
+    dtypes = {"log_marginals": marginals_dtype, "emissions": emissions_dtype}
     fields = [
         pa.field("sent_id", pa.int64(), nullable=False),
         pa.field("length", pa.int32(), nullable=False),
-        pa.field("log_z", pa.float64(), nullable=False),
-        pa.field("topk_tags", pa.list_(pa.int16()), nullable=False),
-        pa.field("topk_scores", pa.list_(pa.float32()), nullable=False),
-        pa.field("k_valid", pa.int16(), nullable=False),
-        pa.field("log_marginals", pa.list_(ARROW_FLOAT[marginals_dtype]), nullable=False),
-        pa.field("emissions", pa.list_(ARROW_FLOAT[emissions_dtype]), nullable=False),
+        *(
+            pa.field(spec.name, spec.arrow_type(dtypes), nullable=False)
+            for spec in KNOWLEDGE_COLUMNS.values()
+            if edge_marginals or not spec.optional
+        ),
     ]
-    if edge_marginals:
-        fields.append(pa.field("edge_marginals", pa.list_(pa.float16()), nullable=False))
     return pa.schema(fields, metadata=_base_metadata("knowledge"))
 
 
@@ -169,6 +257,8 @@ class KnowledgeMeta:
         k: k-best size K.
         cache_key: content key of the cache entry (storage.cache.cache_key).
         digests: the input digests the key was computed from.
+        prepared: the prepared shard these rows come from, relative to the knowledge shard's
+            directory ("" if unknown), so readers find the words without knowing the layout.
     """
 
     labels: tuple[str, ...]
@@ -178,6 +268,7 @@ class KnowledgeMeta:
     k: int
     cache_key: str
     digests: Mapping[str, str] = field(default_factory=dict)
+    prepared: str = ""
     marginals_dtype: FloatDtype = "float32"
     emissions_dtype: FloatDtype = "float32"
     edge_marginals: bool = False
@@ -186,6 +277,18 @@ class KnowledgeMeta:
     def n_tags(self) -> int:
         """Number of labels L."""
         return len(self.labels)
+
+    @property
+    def columns(self) -> tuple[KnowledgeColumn, ...]:
+        """The knowledge columns this shard holds, in table order."""
+        return tuple(
+            n for n, s in KNOWLEDGE_COLUMNS.items() if self.edge_marginals or not s.optional
+        )
+
+    @property
+    def dtypes(self) -> dict[str, FloatDtype]:
+        """Stored dtypes of the columns the export chooses (``ColumnSpec.dtype`` is None)."""
+        return {"log_marginals": self.marginals_dtype, "emissions": self.emissions_dtype}
 
     def schema(self) -> pa.Schema:
         """The knowledge schema with these dtypes and this metadata."""
@@ -205,12 +308,11 @@ class KnowledgeMeta:
             "start": json.dumps(np.asarray(self.start, np.float64).tolist()),
             "end": json.dumps(np.asarray(self.end, np.float64).tolist()),
             "k": str(self.k),
-            "dtypes": json.dumps(
-                {"log_marginals": self.marginals_dtype, "emissions": self.emissions_dtype}
-            ),
+            "dtypes": json.dumps(self.dtypes),
             "edge_marginals": json.dumps(self.edge_marginals),
             "cache_key": self.cache_key,
             "digests": json.dumps(dict(self.digests), sort_keys=True),
+            **({"prepared": self.prepared} if self.prepared else {}),
         }
 
     @classmethod
@@ -226,6 +328,7 @@ class KnowledgeMeta:
             k=int(_require(m, "k", "knowledge")),
             cache_key=_require(m, "cache_key", "knowledge"),
             digests=json.loads(_require(m, "digests", "knowledge")),
+            prepared=m.get("prepared", ""),
             marginals_dtype=dtypes["log_marginals"],
             emissions_dtype=dtypes["emissions"],
             edge_marginals=json.loads(_require(m, "edge_marginals", "knowledge")),

@@ -1,23 +1,23 @@
 """Atomic Parquet shard writing and validated shard opening.
 
-A shard is written to a hidden temporary name in its final directory, fsynced, then renamed
-into place, so a reader (or a rerun after a crash or a full disk) sees either the whole shard or
-nothing. Pages carry CRC checksums, so bytes flipped inside a page are caught when it is read,
-not silently decoded.
+A shard is written through :func:`~structkd.storage.io.atomic_write` (temporary name, fsync,
+rename, directory fsync), so a reader (or a rerun after a crash or a full disk) sees either the
+whole shard or nothing. Pages carry CRC checksums, so bytes flipped inside a page are caught
+when it is read, not silently decoded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from structkd.errors import StructkdError
-from structkd.storage.manifest import INVALID_PARQUET, ShardRecord, sha256_file, temp_path
+from structkd.storage.io import atomic_write, parquet_errors, sha256_file
+from structkd.storage.manifest import ShardRecord
 from structkd.storage.schemas import SCHEMA_VERSION, TableKind, decode_metadata
 
 DEFAULT_ROW_GROUP_ROWS = 1024
@@ -60,38 +60,18 @@ def write_table_atomic(
         {**decode_metadata(table.schema.metadata), **dict(metadata or {})}
     )
     table = table.replace_schema_metadata(schema.metadata)
-    tmp = temp_path(path)
+
+    def write(f: BinaryIO) -> None:
+        with pq.ParquetWriter(f, schema, compression=compression, write_page_checksum=True) as w:
+            # one call per row group, so a failure can happen (and is handled) mid-file
+            for start in range(0, table.num_rows, row_group_rows):
+                w.write_table(table.slice(start, row_group_rows))
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            with pq.ParquetWriter(
-                f, schema, compression=compression, write_page_checksum=True
-            ) as writer:
-                # one call per row group, so a failure can happen (and is handled) mid-file
-                for start in range(0, table.num_rows, row_group_rows):
-                    writer.write_table(table.slice(start, row_group_rows))
-            f.flush()
-            os.fsync(f.fileno())
-        record = ShardRecord(path.name, table.num_rows, sha256_file(tmp), tmp.stat().st_size)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic_write(path, write)
+        return ShardRecord(path.name, table.num_rows, sha256_file(path), path.stat().st_size)
     except OSError as e:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
         raise StructkdError(f"{path}: cannot write shard ({e.strerror or e})") from e
-    return record
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_metadata(
@@ -134,12 +114,8 @@ def open_shard(
     Raises:
         StructkdError: missing, truncated or corrupt file; wrong schema version or table kind.
     """
-    try:
+    with parquet_errors(path):
         shard = pq.ParquetFile(path, page_checksum_verification=True)
-    except FileNotFoundError as e:
-        raise StructkdError(f"{path}: file not found") from e
-    except (pa.ArrowInvalid, OSError) as e:
-        raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
     try:
         check_metadata(
             path,
@@ -165,20 +141,16 @@ def read_shard(
     Raises:
         StructkdError: as :func:`open_shard`, or a page that fails to decode or checksum.
     """
-    with open_shard(
-        path, expect_schema_version=expect_schema_version, expect_table=expect_table
-    ) as shard:
-        try:
-            return shard.read(columns=None if columns is None else list(columns))
-        except (pa.ArrowInvalid, OSError) as e:
-            raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
+    with (
+        open_shard(
+            path, expect_schema_version=expect_schema_version, expect_table=expect_table
+        ) as shard,
+        parquet_errors(path),
+    ):
+        return shard.read(columns=None if columns is None else list(columns))
 
 
 def shard_metadata(path: Path) -> dict[str, str]:
     """Key-value metadata of a shard from its footer, without reading any data."""
-    try:
+    with parquet_errors(path):
         return decode_metadata(pq.read_metadata(path).metadata)
-    except FileNotFoundError as e:
-        raise StructkdError(f"{path}: file not found") from e
-    except (pa.ArrowInvalid, OSError) as e:
-        raise StructkdError(f"{path}: {INVALID_PARQUET}") from e

@@ -1,4 +1,4 @@
-"""Streaming training batches from features, gold tags and teacher knowledge shards.
+"""Streaming pools of training sentences from features, gold tags and teacher knowledge shards.
 
 Shard i of a language's features, prepared corpus and knowledge hold the same sentences in the
 same order, so they are zipped row by row, never joined (a row count, sent_id or length mismatch
@@ -8,9 +8,9 @@ shards than consumers it falls back to row groups, then to every n-th sentence, 
 sentence is yielded exactly once per epoch across all consumers.
 
 Memory is bounded by the shuffle buffer plus one read batch per open shard, whatever the number
-of shards: sentences are pooled until ``buffer_size``, then the whole pool is cut into
-length-bucketed batches of at most ``max_tokens`` padded tokens, emitted in random order.
-Use with ``DataLoader(stream, batch_size=None)``.
+of shards: sentences are pooled until ``buffer_size`` and each pool is handed out as flat numpy
+arrays (:data:`Chunk`). This module is numpy only; cutting a pool into padded torch batches is
+``structkd.pipeline.batching.DistillationStream``.
 
 Note for DistributedDataParallel: ranks may get different numbers of batches; the trainer must
 cope (e.g. ``Join`` or a fixed step count per epoch).
@@ -19,24 +19,23 @@ cope (e.g. ``Join`` or a fixed step count per epoch).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from structkd.errors import ConfigError, InputError, StructkdError
-from structkd.storage.arrays import list_values
-from structkd.storage.manifest import INVALID_PARQUET
+from structkd.storage import ragged
+from structkd.storage.arrays import list_values, read_knowledge
+from structkd.storage.io import parquet_errors
 from structkd.storage.schemas import (
+    KNOWLEDGE_COLUMNS,
     FeaturesMeta,
+    KnowledgeColumn,
     KnowledgeMeta,
     PreparedMeta,
     TableKind,
@@ -44,9 +43,6 @@ from structkd.storage.schemas import (
 )
 from structkd.storage.shards import check_metadata, open_shard
 
-KnowledgeColumn = Literal[
-    "log_z", "topk_tags", "topk_scores", "k_valid", "log_marginals", "emissions", "edge_marginals"
-]
 _KINDS: tuple[TableKind, ...] = ("prepared", "features", "knowledge")
 _BASE_COLUMNS = ["sent_id", "length"]
 _SAME_ORDER = "(shards must hold the same sentences in the same order)"
@@ -62,50 +58,6 @@ class LanguageShards:
     knowledge: Sequence[Path] | None = None
 
 
-@dataclass
-class Batch:
-    """A padded batch (B sentences, N = longest length). Knowledge fields are None unless read.
-
-    Attributes:
-        features: ``(B, N, dim)`` float32.  mask: ``(B, N)`` bool.  tags: ``(B, N)`` long gold
-            (0 at padding).  lengths, lang, sent_id: ``(B,)`` long; ``lang`` indexes
-            :attr:`DistillationStream.langs`.
-        log_z: ``(B,)`` float64.  topk_tags: ``(B, K, N)`` long, -1 at padding and missing paths.
-        topk_scores: ``(B, K)`` float32, -inf for missing paths.  k_valid: ``(B,)`` long.
-        log_marginals, emissions: ``(B, N, L)`` float32.  edge_marginals: ``(B, N-1, L, L)``.
-    """
-
-    features: torch.Tensor
-    mask: torch.Tensor
-    tags: torch.Tensor
-    lengths: torch.Tensor
-    lang: torch.Tensor
-    sent_id: torch.Tensor
-    log_z: torch.Tensor | None = None
-    topk_tags: torch.Tensor | None = None
-    topk_scores: torch.Tensor | None = None
-    k_valid: torch.Tensor | None = None
-    log_marginals: torch.Tensor | None = None
-    emissions: torch.Tensor | None = None
-    edge_marginals: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """The batch with every tensor moved to ``device``."""
-        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> Batch:
-        """Page-locked copy (called by ``DataLoader(pin_memory=True)``)."""
-        return self._map(torch.Tensor.pin_memory)
-
-    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
-        changes = {
-            f.name: fn(v)
-            for f in dataclasses.fields(self)
-            if (v := getattr(self, f.name)) is not None
-        }
-        return dataclasses.replace(self, **changes)
-
-
 @dataclass(frozen=True)
 class _Shard:
     lang_id: int
@@ -115,74 +67,84 @@ class _Shard:
 
 
 _Unit = tuple[int, int, int]  # shard index, first row, stop row
-_Chunk = dict[str, np.ndarray]
+Chunk = dict[str, np.ndarray]
+"""Flat numpy columns of consecutive sentences: ``lang``, ``sent_id``, ``lengths`` ``(n,)``,
+``tags`` ``(n_tokens,)``, ``features`` ``(n_tokens * dim,)`` and the knowledge columns read,
+laid out as in :class:`~structkd.storage.arrays.KnowledgeArrays` (with only K paths)."""
 
 
-class DistillationStream(IterableDataset[Batch]):
-    """Length-bucketed, token-budget batches mixing languages, sharded over ranks and workers.
+class ShardStream:
+    """Pools of sentences mixing languages, sharded over ranks and workers (numpy only).
 
     Args:
         sources: one :class:`LanguageShards` per language.
-        max_tokens: padded tokens per batch (B * N); a longer sentence forms its own batch.
         knowledge_columns: knowledge columns to read (only what the KD method needs).
-        shuffle: shuffle shard order (per epoch), the pool and the batch order; False gives a
-            deterministic order for evaluation.
+        k: k-best paths to keep (``topk_*`` columns; ``k_valid`` clamped); None keeps every
+            path the shards hold.
+        shuffle: shuffle shard order (per epoch) and the reads; False gives a deterministic
+            order for evaluation.
         seed: base seed; epoch e uses ``(seed, e)``.
-        buffer_size: sentences pooled before batching (the shuffle window).
+        buffer_size: sentences pooled before a pool is handed out (the shuffle window).
         interleave: shards read at once when shuffling, so a pool mixes shards and languages.
         read_rows: rows per read; ``buffer_size >= interleave * read_rows`` lets every pool
             draw from all open shards.
-        rank, world_size: this process in distributed training; None asks torch.distributed.
+        rank, world_size: this process in distributed training.
+
+    Attributes:
+        stored_k: K of the knowledge shards (None when no knowledge is read).
+        k: paths per sentence in the pools: ``k`` when given, else ``stored_k``.
+        dim, labels: feature width and the knowledge's label list, from the footers.
     """
 
     def __init__(
         self,
         sources: Sequence[LanguageShards],
         *,
-        max_tokens: int = 2000,
         knowledge_columns: Sequence[KnowledgeColumn] = (),
+        k: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
         buffer_size: int = 4096,
         interleave: int = 8,
         read_rows: int = 256,
-        rank: int | None = None,
-        world_size: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
-        super().__init__()
         for name, value in [
-            ("max_tokens", max_tokens),
             ("buffer_size", buffer_size),
             ("interleave", interleave),
             ("read_rows", read_rows),
+            ("k", 1 if k is None else k),
         ]:
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        unknown = set(knowledge_columns) - set(get_args(KnowledgeColumn))
+        unknown = set(knowledge_columns) - set(KNOWLEDGE_COLUMNS)
         if unknown:
             raise ConfigError(f"unknown knowledge columns {sorted(unknown)}")
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.world_size = (
-            world_size
-            if world_size is not None
-            else (torch.distributed.get_world_size() if dist else 1)
-        )
-        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        self.world_size, self.rank = world_size, rank
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
         self.langs = tuple(s.lang for s in sources)
         if not self.langs or len(set(self.langs)) != len(self.langs):
             raise ConfigError(f"sources must name distinct languages, got {list(self.langs)}")
         self.knowledge_columns = tuple(dict.fromkeys(knowledge_columns))
-        self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
+        self.shuffle, self.seed = shuffle, seed
         self.buffer_size, self.interleave, self.read_rows = buffer_size, interleave, read_rows
         self.epoch = 0
         self.peak_pool_sentences = 0
         self.dim = 0
-        self.k: int | None = None
+        self.stored_k: int | None = None
         self.labels: tuple[str, ...] | None = None
         self._labels_digest: tuple[str, Path] | None = None
         self._shards = [sh for i, src in enumerate(sources) for sh in self._scan(i, src)]
+        if k is not None and self.stored_k is not None and k > self.stored_k:
+            raise ConfigError(f"k = {k} but the knowledge holds only K = {self.stored_k} paths")
+        self.k = self.stored_k if k is None or self.stored_k is None else k
+
+    @property
+    def n_tags(self) -> int:
+        """Number of labels L of the knowledge (0 when none is read)."""
+        return len(self.labels or ())
 
     @property
     def total_sentences(self) -> int:
@@ -193,33 +155,32 @@ class DistillationStream(IterableDataset[Batch]):
         """Select the epoch's shuffle (call before creating the epoch's iterator)."""
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        return (
-            self.iter_consumer(0, 1)
-            if info is None
-            else self.iter_consumer(info.id, info.num_workers)
-        )
+    def consumer_rng(self, worker_id: int, num_workers: int) -> np.random.Generator:
+        """The random stream of one consumer's epoch; pass it to :meth:`pools` and reuse it to
+        batch the pools, so one seed fixes the whole order."""
+        if not 0 <= worker_id < num_workers:
+            raise ValueError(f"worker_id must be in [0, {num_workers}), got {worker_id}")
+        return np.random.default_rng([self.seed, self.epoch, self.rank * num_workers + worker_id])
 
-    def iter_consumer(self, worker_id: int, num_workers: int) -> Iterator[Batch]:
-        """Batches of dataloader worker ``worker_id`` of ``num_workers`` on this rank."""
+    def pools(self, worker_id: int, num_workers: int, rng: np.random.Generator) -> Iterator[Chunk]:
+        """Pools of about ``buffer_size`` sentences of dataloader worker ``worker_id`` of
+        ``num_workers`` on this rank, each one :data:`Chunk`; ``rng`` from :meth:`consumer_rng`."""
         if not 0 <= worker_id < num_workers:
             raise ValueError(f"worker_id must be in [0, {num_workers}), got {worker_id}")
         n_consumers = self.world_size * num_workers
         consumer = self.rank * num_workers + worker_id
         units, stride = self._plan(n_consumers, consumer)
-        rng = np.random.default_rng([self.seed, self.epoch, consumer])
-        pool: list[_Chunk] = []
+        pool: list[Chunk] = []
         pooled = 0
         for chunk in self._chunks(units, stride, consumer, rng):
             pool.append(chunk)
             pooled += len(chunk["sent_id"])
             self.peak_pool_sentences = max(self.peak_pool_sentences, pooled)
             if pooled >= self.buffer_size:
-                yield from self._drain(pool, rng)
+                yield {name: np.concatenate([c[name] for c in pool]) for name in pool[0]}
                 pool, pooled = [], 0
         if pool:
-            yield from self._drain(pool, rng)
+            yield {name: np.concatenate([c[name] for c in pool]) for name in pool[0]}
 
     # ---- planning -------------------------------------------------------------------------
 
@@ -249,17 +210,13 @@ class DistillationStream(IterableDataset[Batch]):
                         f"{paths[0]} has {rows[0]} rows but {path} has {n} {_SAME_ORDER}"
                     )
             sizes = [footers[1].row_group(i).num_rows for i in range(footers[1].num_row_groups)]
-            bounds = tuple(int(b) for b in np.cumsum([0, *sizes]))
+            bounds = tuple(int(b) for b in ragged.offsets(np.asarray(sizes, np.int64)))
             shards.append(_Shard(lang_id, tuple(Path(p) for p in paths), rows[0], bounds))
         return shards
 
     def _footer(self, path: Path, kind: TableKind, lang: str) -> pq.FileMetaData:
-        try:
+        with parquet_errors(path):
             footer = pq.read_metadata(path)
-        except FileNotFoundError as e:
-            raise StructkdError(f"{path}: file not found") from e
-        except (pa.ArrowInvalid, OSError) as e:
-            raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
         raw = check_metadata(path, footer.metadata, expect_table=kind)
         try:
             self._check_meta(path, kind, lang, raw, footer)
@@ -296,9 +253,11 @@ class DistillationStream(IterableDataset[Batch]):
         names = footer.schema.to_arrow_schema().names
         if absent := [c for c in self.knowledge_columns if c not in names]:
             raise ConfigError(f"{path}: has no column {absent[0]} (re-export with it)")
-        if self.k is not None and meta.k != self.k:
-            raise StructkdError(f"{path}: exported with K={meta.k}, other shards have K={self.k}")
-        self.k, self.labels = meta.k, meta.labels
+        if self.stored_k is not None and meta.k != self.stored_k:
+            raise StructkdError(
+                f"{path}: exported with K={meta.k}, other shards have K={self.stored_k}"
+            )
+        self.stored_k, self.labels = meta.k, meta.labels
         self._same_labels(labels_digest(meta.labels), path)
 
     def _plan(self, n_consumers: int, consumer: int) -> tuple[list[_Unit], int | None]:
@@ -324,13 +283,13 @@ class DistillationStream(IterableDataset[Batch]):
 
     def _chunks(
         self, units: list[_Unit], stride: int | None, consumer: int, rng: np.random.Generator
-    ) -> Iterator[_Chunk]:
+    ) -> Iterator[Chunk]:
         """Chunks of the units, drawn at random from ``interleave`` open units when shuffling."""
-        bases = np.cumsum([0] + [b - a for _, a, b in units])
+        bases = ragged.offsets(np.array([b - a for _, a, b in units], np.int64))
         pending = iter(range(len(units)))
         keep = None if stride is None else (stride, consumer)
 
-        def open_next() -> Iterator[_Chunk] | None:
+        def open_next() -> Iterator[Chunk] | None:
             j = next(pending, None)
             return None if j is None else self._unit_chunks(units[j], int(bases[j]), keep)
 
@@ -346,9 +305,7 @@ class DistillationStream(IterableDataset[Batch]):
             else:
                 active.pop(i)
 
-    def _unit_chunks(
-        self, unit: _Unit, base: int, keep: tuple[int, int] | None
-    ) -> Iterator[_Chunk]:
+    def _unit_chunks(self, unit: _Unit, base: int, keep: tuple[int, int] | None) -> Iterator[Chunk]:
         index, start, stop = unit
         shard = self._shards[index]
         columns = [
@@ -376,7 +333,7 @@ class DistillationStream(IterableDataset[Batch]):
 
     def _to_chunk(
         self, batches: list[pa.RecordBatch], shard: _Shard, row: int, rows: np.ndarray
-    ) -> _Chunk:
+    ) -> Chunk:
         """Numpy columns of aligned record batches, after checking they are the same sentences."""
         ids = batches[0].column("sent_id").to_numpy()
         lengths = batches[0].column("length").to_numpy().astype(np.int64)
@@ -392,7 +349,7 @@ class DistillationStream(IterableDataset[Batch]):
         if len(lengths) and lengths.min() < 1:
             j = int(np.argmin(lengths))
             raise InputError(f"{shard.paths[0]}: sentence {row + rows[j]}", "empty sentence")
-        chunk: _Chunk = {
+        chunk: Chunk = {
             "lang": np.full(len(ids), shard.lang_id, np.int64),
             "sent_id": ids,
             "lengths": lengths,
@@ -401,113 +358,18 @@ class DistillationStream(IterableDataset[Batch]):
                 batches[1], "features", lengths * self.dim, shard.paths[1], row, rows
             ),
         }
-        if not self.knowledge_columns:
-            return chunk
-        know, path, k = batches[2], shard.paths[2], self.k or 0
-        n_tags = len(self.labels or ())
-        sizes = {
-            "topk_tags": lengths * k,
-            "topk_scores": np.full(len(ids), k),
-            "log_marginals": lengths * n_tags,
-            "emissions": lengths * n_tags,
-            "edge_marginals": (lengths - 1) * n_tags * n_tags,
-        }
-        for name in self.knowledge_columns:
-            if name in sizes:
-                chunk[name] = _ragged(know, name, sizes[name], path, row, rows)
-            else:
-                chunk[name] = know.column(name).to_numpy()
+        if self.knowledge_columns:
+            path = shard.paths[2]
+            chunk |= read_knowledge(
+                batches[2],
+                self.knowledge_columns,
+                lengths=lengths,
+                k=self.stored_k or 0,
+                n_tags=self.n_tags,
+                k_out=self.k,
+                where=lambda j: f"{path}: row {row + rows[j]}",
+            )
         return chunk
-
-    # ---- batching -------------------------------------------------------------------------
-
-    def _drain(self, pool: list[_Chunk], rng: np.random.Generator) -> Iterator[Batch]:
-        """Cut the whole pool into length-bucketed token-budget batches."""
-        cat = {name: np.concatenate([c[name] for c in pool]) for name in pool[0]}
-        lengths = cat["lengths"]
-        if self.shuffle:  # random order among equal lengths, then sort by length
-            perm = rng.permutation(len(lengths))
-            order = perm[np.argsort(lengths[perm], kind="stable")]
-        else:
-            order = np.argsort(lengths, kind="stable")
-        cuts = _token_budget_cuts(lengths[order], self.max_tokens)
-        tok_offsets = np.concatenate([[0], np.cumsum(lengths)])
-        edge_offsets = np.concatenate([[0], np.cumsum(lengths - 1)])
-        for b in rng.permutation(len(cuts)) if self.shuffle else range(len(cuts)):
-            a, z = cuts[b]
-            yield self._make_batch(cat, tok_offsets, edge_offsets, order[a:z])
-
-    def _make_batch(
-        self, cat: _Chunk, tok_offsets: np.ndarray, edge_offsets: np.ndarray, rows: np.ndarray
-    ) -> Batch:
-        """Pad pooled sentences ``rows`` into a :class:`Batch` (vectorised gathers, no loop)."""
-        n = cat["lengths"][rows]
-        size, longest = len(rows), int(n.max())
-        b_tok, t_tok, src = _scatter_index(n, tok_offsets[rows])
-        # shape: (B, N)
-        mask = np.zeros((size, longest), bool)
-        mask[b_tok, t_tok] = True
-        tags = np.zeros((size, longest), np.int64)
-        tags[b_tok, t_tok] = cat["tags"][src]
-        # shape: (B, N, dim)
-        features = np.zeros((size, longest, self.dim), np.float32)
-        features[b_tok, t_tok] = cat["features"].reshape(-1, self.dim)[src]
-        out: dict[str, np.ndarray] = {}
-        n_tags = len(self.labels or ())
-        for name in self.knowledge_columns:
-            values = cat[name]
-            if name in ("log_z", "k_valid"):
-                out[name] = values[rows].astype(np.float64 if name == "log_z" else np.int64)
-            elif name == "topk_scores":
-                out[name] = values.reshape(-1, self.k or 0)[rows].astype(np.float32)  # (B, K)
-            elif name == "topk_tags":
-                k = self.k or 0
-                # sentence i's k paths are k consecutive blocks of n_i tags
-                path = np.arange(k)[:, None]
-                flat = (k * tok_offsets[rows])[b_tok][None, :] + path * n[b_tok][None, :]
-                out[name] = np.full((size, k, longest), -1, np.int64)
-                out[name][b_tok[None, :], path, t_tok[None, :]] = values[flat + t_tok[None, :]]
-            elif name == "edge_marginals":
-                b_edge, t_edge, src_edge = _scatter_index(n - 1, edge_offsets[rows])
-                # shape: (B, N-1, L, L)
-                out[name] = np.zeros((size, longest - 1, n_tags, n_tags), np.float32)
-                out[name][b_edge, t_edge] = values.reshape(-1, n_tags, n_tags)[src_edge]
-            else:  # log_marginals, emissions: (B, N, L)
-                out[name] = np.zeros((size, longest, n_tags), np.float32)
-                out[name][b_tok, t_tok] = values.reshape(-1, n_tags)[src]
-        return Batch(
-            features=torch.from_numpy(features),
-            mask=torch.from_numpy(mask),
-            tags=torch.from_numpy(tags),
-            lengths=torch.from_numpy(n.astype(np.int64)),
-            lang=torch.from_numpy(cat["lang"][rows]),
-            sent_id=torch.from_numpy(cat["sent_id"][rows].astype(np.int64)),
-            **{name: torch.from_numpy(v) for name, v in out.items()},
-        )
-
-
-def _scatter_index(n: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For ragged rows of sizes ``n`` starting at ``starts``: (row, position, source) per item."""
-    total = int(n.sum())
-    row = np.repeat(np.arange(len(n)), n)
-    pos = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
-    return row, pos, np.repeat(starts, n) + pos
-
-
-def _token_budget_cuts(sorted_lengths: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
-    """Greedy ``[a, z)`` batches over ascending lengths with (z - a) * longest <= max_tokens."""
-    cuts, a, total = [], 0, len(sorted_lengths)
-    while a < total:
-        lo, hi = 1, total - a  # largest count m with m * sorted_lengths[a + m - 1] <= budget
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if mid * int(sorted_lengths[a + mid - 1]) <= max_tokens:
-                lo = mid
-            else:
-                hi = mid - 1
-        cuts.append((a, a + lo))
-        a += lo
-    return cuts
 
 
 def _ragged(
@@ -529,11 +391,13 @@ def _read_range(
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of rows ``[start, stop)``, reading only the row groups that overlap."""
     meta = shard.metadata
-    bounds = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    bounds = ragged.offsets(
+        np.array([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], np.int64)
+    )
     first = int(np.searchsorted(bounds, start, side="right")) - 1
     last = int(np.searchsorted(bounds, stop, side="left"))
     pos = int(bounds[first])
-    try:
+    with parquet_errors(path):
         for batch in shard.iter_batches(
             batch_size=batch_rows,
             row_groups=list(range(first, last)),
@@ -546,8 +410,6 @@ def _read_range(
             pos += batch.num_rows
             if pos >= stop:
                 return
-    except (pa.ArrowInvalid, OSError) as e:
-        raise StructkdError(f"{path}: {INVALID_PARQUET}") from e
 
 
 def _zip_aligned(

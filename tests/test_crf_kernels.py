@@ -386,3 +386,24 @@ def test_bad_inputs_raise_clear_errors(change, message):
 def test_bad_k(k):
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
         K.kbest(**_good(), k=k)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e2, 1e4])
+@pytest.mark.parametrize("constrained", [False, True])
+def test_posteriors_equal_the_separate_passes_bit_for_bit(rng, scale, constrained):
+    """One pass (what the export runs) gives exactly forward_backward's and edge_marginals'."""
+    n_tags = 4
+    batch = _random_batch(rng, n_tags, rng.integers(1, 30, size=9), scale=scale)
+    batch["transitions"] = batch["transitions"] * scale
+    if constrained:
+        allowed = rng.random((n_tags, n_tags)) > 0.3
+        np.fill_diagonal(allowed, True)
+        batch["allowed"] = allowed
+    post, edges = K.forward_backward(**batch), K.edge_marginals(**batch)
+    one = K.posteriors(**batch, edges=True)
+    np.testing.assert_array_equal(one.log_z, post.log_z)
+    np.testing.assert_array_equal(one.log_marginals, post.log_marginals)
+    np.testing.assert_array_equal(one.edge_marginals, edges)
+    unary = K.posteriors(**batch)
+    assert unary.edge_marginals is None
+    np.testing.assert_array_equal(unary.log_marginals, post.log_marginals)

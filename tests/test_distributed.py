@@ -32,9 +32,10 @@ def _free_port() -> int:
 
 def _collect_sent_ids(rank: int, world: int, port: int, root: str, out: str) -> None:
     """One rank: join a gloo group, stream its share of one epoch, write what it saw."""
+    from structkd.pipeline.batching import DistillationStream
     from structkd.pipeline.data import shard_paths
     from structkd.pipeline.layout import Layout
-    from structkd.storage.stream import DistillationStream, LanguageShards
+    from structkd.storage.stream import LanguageShards
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

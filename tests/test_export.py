@@ -260,6 +260,34 @@ def test_knowledge_show(project: Project) -> None:
     assert cli_error("knowledge", "show", str(path), "--sentence", "999").startswith("Error: ")
 
 
+def test_knowledge_show_outside_the_project(project: Project, tmp_path: Path) -> None:
+    """A shard copied away from ``<root>/knowledge/<lang>/`` says in one line why it shows no
+    words (never ``?``), and shows them again when given its prepared shard."""
+    path = knowledge_dir(project.root, "en") / "part-00000.parquet"
+    meta, arrays = load_shard(path)
+    assert meta.prepared == f"../../data/prepared/en/train/{path.name}"
+    copy = tmp_path / "elsewhere" / path.name
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    out = cli("knowledge", "show", str(copy), "--sentence", "0")
+    missing = copy.parent / meta.prepared
+    assert (
+        f"  tokens not shown: its prepared shard {missing} is not there; "
+        "pass --prepared <its prepared shard> to show them"
+    ) in out.splitlines()
+    assert "?" not in out
+    prepared = project.root / "data" / "prepared" / "en" / "train" / path.name
+    out = cli("knowledge", "show", str(copy), "--sentence", "0", "--prepared", str(prepared))
+    words = read_shard(prepared).column("tokens")[0].as_py()
+    assert "  tokens: " + " ".join(words) in out.splitlines()
+    wrong = project.root / "data" / "prepared" / "en" / "train" / "part-00001.parquet"
+    out = cli("knowledge", "show", str(copy), "--sentence", "0", "--prepared", str(wrong))
+    n = int(arrays.lengths[0])
+    assert (
+        f"  tokens not shown: {wrong} has no sentence {int(arrays.sent_id[0])} of {n} tokens"
+    ) in out.splitlines()
+
+
 # --- reuse through the real command -----------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pyarrow as pa
@@ -13,13 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from structkd.errors import InputError, StructkdError
+from structkd.storage import ragged
 from structkd.storage.arrays import (
     FeaturesArrays,
     KnowledgeArrays,
     PreparedArrays,
     list_array,
     list_values,
+    read_knowledge,
 )
+from structkd.storage.cache import content_digest
+from structkd.storage.io import atomic_write, parquet_errors, tree_digest
 from structkd.storage.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -31,11 +36,14 @@ from structkd.storage.manifest import (
 )
 from structkd.storage.schemas import (
     FEATURES_SCHEMA,
+    KNOWLEDGE_COLUMNS,
     KNOWLEDGE_SCHEMA,
     PREPARED_SCHEMA,
     FeaturesMeta,
+    KnowledgeColumn,
     KnowledgeMeta,
     PreparedMeta,
+    knowledge_schema,
     labels_digest,
 )
 from structkd.storage.shards import read_shard, shard_metadata, shard_name, write_table_atomic
@@ -352,3 +360,106 @@ class TestManifest:
         with pytest.raises(StructkdError, match="not a valid manifest"):
             read_manifest(tmp_path)
         assert "not a valid manifest" in verify(tmp_path)[0]
+
+
+class TestKnowledgeContract:
+    def test_the_column_table_declares_every_column_once(self):
+        assert tuple(KNOWLEDGE_COLUMNS) == get_args(KnowledgeColumn)
+        assert all(name == spec.name for name, spec in KNOWLEDGE_COLUMNS.items())
+        assert [f.name for f in knowledge_schema(edge_marginals=True)][2:] == list(
+            KNOWLEDGE_COLUMNS
+        )
+        assert KNOWLEDGE_SCHEMA.names == ["sent_id", "length", *make_meta(edges=False).columns]
+
+    def test_schema_types_come_from_the_table(self):
+        schema = knowledge_schema(marginals_dtype="float16", edge_marginals=True)
+        assert schema.field("log_z").type == pa.float64()
+        assert schema.field("k_valid").type == pa.int16()
+        assert schema.field("topk_tags").type == pa.list_(pa.int16())
+        assert schema.field("topk_scores").type == pa.list_(pa.float32())
+        assert schema.field("log_marginals").type == pa.list_(pa.float16())
+        assert schema.field("emissions").type == pa.list_(pa.float32())
+        assert schema.field("edge_marginals").type == pa.list_(pa.float16())
+
+    def test_sizes_and_shapes(self):
+        lengths, k, n_tags = np.array([1, 3, 2]), 4, 5
+        want = {
+            "log_z": ([1, 1, 1], (3,), (3,)),
+            "topk_tags": ([4, 12, 8], (24,), (3, 4, 7)),
+            "topk_scores": ([4, 4, 4], (3, 4), (3, 4)),
+            "k_valid": ([1, 1, 1], (3,), (3,)),
+            "log_marginals": ([5, 15, 10], (6, 5), (3, 7, 5)),
+            "emissions": ([5, 15, 10], (6, 5), (3, 7, 5)),
+            "edge_marginals": ([0, 50, 25], (3, 5, 5), (3, 6, 5, 5)),
+        }
+        for name, (sizes, flat, padded) in want.items():
+            spec = KNOWLEDGE_COLUMNS[name]
+            assert spec.sizes(lengths, k, n_tags).tolist() == sizes, name
+            assert spec.flat_shape(lengths, k, n_tags) == flat, name
+            assert spec.padded_shape(3, 7, k, n_tags) == padded, name
+
+    def test_read_knowledge_keeps_the_best_k_paths(self, rng):
+        arrays = make_knowledge(rng, 30)
+        meta = make_meta()
+        table = arrays.to_table(meta)
+        full = KnowledgeArrays.from_table(table, k=meta.k, n_tags=meta.n_tags)
+        two = read_knowledge(
+            table,
+            ["topk_tags", "topk_scores", "k_valid"],
+            lengths=full.lengths,
+            k=meta.k,
+            n_tags=meta.n_tags,
+            k_out=2,
+        )
+        for i in range(30):
+            n = int(full.lengths[i])
+            start = 2 * int(np.sum(full.lengths[:i]))
+            np.testing.assert_array_equal(
+                two["topk_tags"][start : start + 2 * n].reshape(2, n), full.paths(i)[:2]
+            )
+        np.testing.assert_array_equal(two["topk_scores"], full.topk_scores[:, :2])
+        np.testing.assert_array_equal(two["k_valid"], np.minimum(full.k_valid, 2))
+
+
+class TestIo:
+    def test_atomic_write_replaces_whole_or_not_at_all(self, tmp_path):
+        path = tmp_path / "sub" / "f.bin"
+        atomic_write(path, lambda f: f.write(b"old"))
+        assert path.read_bytes() == b"old"
+
+        def fails(f):
+            f.write(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        with pytest.raises(OSError, match="No space left"):
+            atomic_write(path, fails)
+        assert path.read_bytes() == b"old"
+        assert sorted(p.name for p in path.parent.iterdir()) == ["f.bin"]
+
+    def test_tree_digest_is_the_cache_digest(self, tmp_path):
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / "x.bin").write_bytes(b"x")
+        (tmp_path / ".lock").write_bytes(b"")
+        assert tree_digest(tmp_path) == content_digest(tmp_path)
+        assert tree_digest(tmp_path / "a" / "x.bin") == sha256_file(tmp_path / "a" / "x.bin")
+
+    def test_parquet_errors(self, tmp_path):
+        bad = tmp_path / "bad.parquet"
+        bad.write_bytes(b"not parquet")
+        with pytest.raises(StructkdError) as err, parquet_errors(bad):
+            pq.read_metadata(bad)
+        assert str(err.value) == f"{bad}: not a valid Parquet file (truncated or corrupt)"
+        with pytest.raises(StructkdError) as err, parquet_errors(tmp_path / "none"):
+            pq.read_metadata(tmp_path / "none")
+        assert str(err.value) == f"{tmp_path / 'none'}: file not found"
+
+
+def test_ragged_helpers():
+    lengths = np.array([2, 0, 3])
+    offs = ragged.offsets(lengths)
+    assert offs.tolist() == [0, 2, 2, 5] and offs.dtype == np.int64
+    values = np.arange(5)
+    assert ragged.row(values, offs, 2).tolist() == [2, 3, 4]
+    padded = ragged.pad(values, lengths, offs[:-1], width=3, fill=-1, dtype=np.int64)
+    assert padded.tolist() == [[0, 1, -1], [-1, -1, -1], [2, 3, 4]]
+    assert ragged.mask(lengths, 3).sum(1).tolist() == [2, 0, 3]

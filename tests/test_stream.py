@@ -8,15 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from structkd.errors import ConfigError, StructkdError
+from structkd.pipeline.batching import Batch, DistillationStream
 from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
 from structkd.storage.schemas import FeaturesMeta, KnowledgeMeta, PreparedMeta, labels_digest
 from structkd.storage.shards import read_shard, shard_name, write_table_atomic
-from structkd.storage.stream import Batch, DistillationStream, LanguageShards
+from structkd.storage.stream import LanguageShards, ShardStream
 
 LABELS = ("O", "B-X", "I-X", "B-Y", "I-Y")
 K, DIM = 3, 4
@@ -347,3 +349,62 @@ def test_malformed_metadata_names_the_file(tmp_path, rng, two_langs):
     write_table_atomic(table, broken)
     with pytest.raises(StructkdError, match=f"{broken}: malformed features metadata"):
         DistillationStream([LanguageShards("de", de.prepared[:1], [broken])])
+
+
+def test_k_projects_the_paths(two_langs):
+    """With ``k`` the batches hold only the best k paths, as slicing a full batch would give."""
+    sources = [w.shards for w in two_langs]
+    columns = ["topk_tags", "topk_scores", "k_valid"]
+    full = list(DistillationStream(sources, knowledge_columns=columns, max_tokens=60, seed=5))
+    two = DistillationStream(sources, knowledge_columns=columns, max_tokens=60, seed=5, k=2)
+    assert two.k == 2 and two.stored_k == K
+    projected = list(two)
+    assert len(projected) == len(full)
+    for a, b in zip(full, projected, strict=True):
+        assert b.topk_tags.shape == (a.topk_tags.shape[0], 2, a.topk_tags.shape[2])
+        assert torch.equal(b.topk_tags, a.topk_tags[:, :2])
+        assert torch.equal(b.topk_scores, a.topk_scores[:, :2])
+        assert torch.equal(b.k_valid, a.k_valid.clamp(max=2))
+        assert torch.equal(b.sent_id, a.sent_id)
+    with pytest.raises(ConfigError, match="k = 4 but the knowledge holds only K = 3 paths"):
+        DistillationStream(sources, knowledge_columns=columns, k=4)
+    with pytest.raises(ConfigError, match="k must be >= 1, got 0"):
+        DistillationStream(sources, knowledge_columns=columns, k=0)
+
+
+def test_storage_stream_hands_out_numpy_pools(two_langs):
+    """The storage layer's stream yields flat numpy pools; only batching makes tensors."""
+    stream = ShardStream(
+        [w.shards for w in two_langs], knowledge_columns=ALL_COLUMNS, buffer_size=32, k=2
+    )
+    pools = list(stream.pools(0, 1, stream.consumer_rng(0, 1)))
+    assert pools and all(isinstance(v, np.ndarray) for p in pools for v in p.values())
+    assert sum(len(p["sent_id"]) for p in pools) == stream.total_sentences
+    for pool in pools:
+        n, n_tok = len(pool["lengths"]), int(pool["lengths"].sum())
+        assert pool["topk_tags"].shape == (2 * n_tok,) and pool["topk_scores"].shape == (n, 2)
+        assert pool["log_marginals"].shape == (n_tok, len(LABELS))
+        assert pool["edge_marginals"].shape == (n_tok - n, len(LABELS), len(LABELS))
+        assert pool["features"].shape == (n_tok * DIM,) and pool["k_valid"].max() <= 2
+
+
+def test_a_row_with_the_wrong_value_count_names_file_and_row(tmp_path, rng):
+    w = write_language(tmp_path, "de", [6], rng)
+    table = read_shard(w.shards.knowledge[0])
+    column = table.column("log_marginals").combine_chunks()
+    offsets = column.offsets.to_numpy().copy()
+    offsets[3:] -= 1  # row 2 loses a value, the others keep theirs
+    values = column.values.slice(0, int(offsets[-1]))
+    broken = pa.ListArray.from_arrays(pa.array(offsets), values)
+    index = table.schema.get_field_index("log_marginals")
+    write_table_atomic(
+        table.set_column(index, table.schema.field(index), broken), w.shards.knowledge[0]
+    )
+    stream = DistillationStream([w.shards], knowledge_columns=["log_marginals"])
+    n = int(read_shard(w.shards.knowledge[0]).column("length")[2].as_py())
+    with pytest.raises(StructkdError) as err:
+        list(stream)
+    assert str(err.value) == (
+        f"{w.shards.knowledge[0]}: row 2: log_marginals has {n * len(LABELS) - 1} values, "
+        f"expected {n * len(LABELS)}"
+    )

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from structkd.errors import StructkdError
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.encoder import EncoderConfig, WordEncoder
 from structkd.pipeline.layout import Layout
 from structkd.pipeline.params import Params
 from structkd.storage.arrays import FeaturesArrays, PreparedArrays
 from structkd.storage.cache import CacheEntry, cache_key, content_digest
-from structkd.storage.manifest import ShardRecord
+from structkd.storage.manifest import ShardRecord, read_manifest
 from structkd.storage.schemas import FeaturesMeta
 from structkd.storage.shards import read_shard, write_table_atomic
 
@@ -34,6 +35,19 @@ def features_key(encoder_digest: str, prepared_digest: str) -> str:
         features_digest=encoder_digest,
         settings={"table": "features"},
     )
+
+
+def features_encoder(layout: Layout, lang: str) -> str:
+    """The encoder digest recorded with ``lang``'s training features (what a model records).
+
+    Raises:
+        StructkdError: the features have no manifest (run ``structkd stage embed``).
+    """
+    directory = layout.features(lang, "train")
+    manifest = read_manifest(directory)
+    if manifest is None or "encoder" not in manifest.inputs:
+        raise StructkdError(f"{directory}: no features manifest; run `structkd stage embed`")
+    return manifest.inputs["encoder"]
 
 
 def build_encoder(params: Params, layout: Layout) -> WordEncoder:

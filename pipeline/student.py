@@ -27,6 +27,7 @@ import torch
 from structkd.errors import StructkdError
 from structkd.pipeline import distributed
 from structkd.pipeline.data import shard_paths
+from structkd.pipeline.embed import features_encoder
 from structkd.pipeline.evaluation import load_splits
 from structkd.pipeline.export_teachers import knowledge_cache, knowledge_inputs, knowledge_key
 from structkd.pipeline.labels import LabelSet
@@ -195,7 +196,10 @@ def train_student(
         n_tags=labels.n_tags,
         hidden=cfg.hidden,
         dropout=cfg.dropout,
-        extra={**encoder_settings(params.embed, layout.encoders), "method": method},
+        extra={
+            **encoder_settings(params.embed, features_encoder(layout, langs[0])),
+            "method": method,
+        },
     )
     torch.manual_seed(cfg.seed)
     model = Tagger(config, labels)

@@ -14,6 +14,7 @@ import torch
 
 from structkd.errors import ConfigError
 from structkd.pipeline.data import Batch, Split, iterate
+from structkd.pipeline.embed import features_encoder
 from structkd.pipeline.evaluation import load_splits
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
@@ -75,7 +76,7 @@ def run(
         word_dim=cfg.word_dim,
         char_dim=cfg.char_dim,
         char_hidden=cfg.char_hidden,
-        extra=encoder_settings(params.embed, layout.encoders),  # so `structkd predict` can run it
+        extra=encoder_settings(params.embed, features_encoder(layout, lang)),  # for `predict`
     )
     torch.manual_seed(cfg.seed)
     model = Tagger(config, labels)

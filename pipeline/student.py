@@ -111,57 +111,52 @@ def current_knowledge(
     return entry.hit_shards(diagnosis)
 
 
-def batch_loss(
-    net: torch.nn.Module,
-    crf: torch.nn.Module,
-    batch: Batch,
-    epoch: int,
-    method: Method,
-    cfg: StudentParams,
-) -> torch.Tensor:
-    """``λ·L_KD + (1−λ)·L_gold`` of one batch, using the teacher's best ``cfg.k`` paths.
-
-    ``net`` computes emissions (the tagger, or its DistributedDataParallel wrapper).
-    """
-    if batch.topk_tags is not None and batch.topk_tags.shape[1] > cfg.k:
-        batch.topk_tags = batch.topk_tags[:, : cfg.k]
-        batch.topk_scores = batch.topk_scores[:, : cfg.k]
-        batch.k_valid = batch.k_valid.clamp(max=cfg.k)
-    return student_loss(
-        method,
-        crf,
-        net(batch.features, batch.mask),
-        batch,
-        lam=lambda_at(epoch, cfg.anneal_rate),
-        temperature=cfg.temperature,
-        mixture=cfg.mixture,
-    )
-
-
-def kd_weight(method: Method, cfg: StudentParams, epoch: int) -> float:
-    """λ of an epoch as recorded in the history (0 for the baseline, which has no KD term)."""
-    return 0.0 if method == "baseline" else lambda_at(epoch, cfg.anneal_rate)
-
-
 @dataclass(frozen=True)
 class StudentObjective:
-    """``λ·L_KD + (1−λ)·L_gold`` over the distillation stream of every teacher language."""
+    """``λ·L_KD + (1−λ)·L_gold`` over the distillation stream of every teacher language.
+
+    ``net`` computes emissions (the tagger, or its DistributedDataParallel wrapper). ``lam``
+    None anneals λ as the paper (:func:`lambda_at`); a number fixes it (the benchmark).
+    """
 
     net: torch.nn.Module
     crf: torch.nn.Module
     stream: DistillationStream
     method: Method
     cfg: StudentParams
+    lam: float | None = None
 
     def batches(self, epoch: int) -> Iterator[Batch]:
         self.stream.set_epoch(epoch)
         return iter(self.stream)
 
     def loss(self, batch: Batch, epoch: int) -> torch.Tensor:
-        return batch_loss(self.net, self.crf, batch, epoch, self.method, self.cfg)
+        return self.loss_from(self.emissions(batch), batch, epoch)
+
+    def emissions(self, batch: Batch) -> torch.Tensor:
+        """The student network's emissions of a batch (the part of :meth:`loss` before the CRF)."""
+        return self.net(batch.features, batch.mask)
+
+    def loss_from(self, emissions: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor:
+        """The loss of a batch given its emissions, using the teacher's best ``cfg.k`` paths."""
+        cfg = self.cfg
+        if batch.topk_tags is not None and batch.topk_tags.shape[1] > cfg.k:
+            batch.topk_tags = batch.topk_tags[:, : cfg.k]
+            batch.topk_scores = batch.topk_scores[:, : cfg.k]
+            batch.k_valid = batch.k_valid.clamp(max=cfg.k)
+        return student_loss(
+            self.method,
+            self.crf,
+            emissions,
+            batch,
+            lam=lambda_at(epoch, cfg.anneal_rate) if self.lam is None else self.lam,
+            temperature=cfg.temperature,
+            mixture=cfg.mixture,
+        )
 
     def kd_weight(self, epoch: int) -> float:
-        return kd_weight(self.method, self.cfg, epoch)
+        """λ of an epoch as recorded in the history (0 for the baseline, which has no KD term)."""
+        return 0.0 if self.method == "baseline" else lambda_at(epoch, self.cfg.anneal_rate)
 
     def summary(
         self, dev: dict[str, dict[str, float]], test: dict[str, dict[str, float]]

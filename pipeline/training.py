@@ -68,6 +68,18 @@ def make_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.O
     return torch.optim.Adam(trainable, lr=params.lr)
 
 
+def check_finite(loss: torch.Tensor, desc: str, epoch: int) -> None:
+    """Stop a run whose loss diverged (NaN or inf), naming it and the epoch."""
+    if not torch.isfinite(loss):
+        raise StructkdError(f"{desc}: loss became {loss.item()} in epoch {epoch}")
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: float) -> None:
+    """Clip the gradient norm to ``clip``, then step (after ``loss.backward()``)."""
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -149,11 +161,9 @@ def fit(
             for batch in bar:
                 optimizer.zero_grad()
                 loss = loss_fn(batch, epoch)
-                if not torch.isfinite(loss):
-                    raise StructkdError(f"{desc}: loss became {loss.item()} in epoch {epoch}")
+                check_finite(loss, desc, epoch)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), params.clip)
-                optimizer.step()
+                optimizer_step(model, optimizer, params.clip)
                 total, steps = total + loss.item(), steps + 1
                 bar.set_postfix(loss=f"{total / steps:.3f}")
         model.eval()

@@ -4,7 +4,7 @@ An entry is keyed by what produced it (for knowledge: teacher weights, prepared 
 features, export settings, schema version; :func:`cache_key`). Every producer goes through the
 same protocol, which :meth:`CacheEntry.ensure` runs for one entry::
 
-    entry = ShardCache(root).entry("de")
+    entry = KnowledgeCache(root).entry("de")
     with entry.lock():                      # a second producer waits here, then sees a hit
         plan = entry.plan(key, inputs=digests, expected=names)   # diagnosed once
         for name in plan.missing:                                # empty on a hit

@@ -101,17 +101,18 @@ def snapshot(project: Path, work: Path) -> bool:
 
 def build_sample(work: Path) -> None:
     """Run the shipped sample project up to export-teachers in ``work`` (the fallback)."""
-    from structkd.stages import embed, export_teachers, prepare, train_teacher
+    from structkd.pipeline import embed, export_teachers, prepare, teacher
 
     (work / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
     copy_tree(REPO / "data" / "sample", work / "data" / "sample")
     link_encoders(work)
     params_path = work / "params.yaml"
-    prepare.main(params_path)
-    embed.main(params_path)
-    for lang in open_project(params_path)[0].data.languages:
-        train_teacher.main(lang, params_path)
-    export_teachers.main(params_path, workers=None, scheduler=None)
+    params, layout = open_project(params_path)
+    prepare.run(params, layout, params_path)
+    embed.run(params, layout)
+    for lang in params.data.languages:
+        print(teacher.run(params, layout, lang))
+    export_teachers.run(params, layout)
 
 
 def make_stream(root: Path, method: str, cfg: StudentParams, scale: int) -> DistillationStream:

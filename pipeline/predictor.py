@@ -1,7 +1,8 @@
 """Tag new text with a trained model: the Python API behind ``structkd predict``.
 
-A model directory records the encoder settings it was trained with, so the predictor rebuilds
-the same frozen features before decoding::
+A model directory records the encoder it was trained with by name, settings and digest (never
+by a path of the training machine), so the predictor rebuilds the same frozen features
+wherever the directory is copied, and refuses an encoder whose digest differs::
 
     from structkd.pipeline.predictor import Predictor
     tagger = Predictor.load("models/students/posterior")
@@ -10,7 +11,7 @@ the same frozen features before decoding::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +19,87 @@ import torch
 
 from structkd.errors import StructkdError
 from structkd.pipeline.data import Split, iterate
-from structkd.pipeline.encoder import EncoderConfig, WordEncoder
+from structkd.pipeline.encoder import EncoderConfig, WordEncoder, default_cache_dir
+from structkd.pipeline.layout import Layout
 from structkd.pipeline.models import Tagger, load_tagger
+from structkd.pipeline.params import EmbedParams
 from structkd.pipeline.schemes import from_bioes
 
-ENCODER_KEYS = ("encoder", "layer", "window", "dtype", "cache_dir")
+ENCODER_KEYS = ("encoder", "layer", "window", "dtype")
 
 
-def encoder_settings(embed: object, cache_dir: Path) -> dict[str, str]:
-    """What a model must remember about its features (stored in ``TaggerConfig.extra``)."""
+def encoder_settings(embed: EmbedParams, encoder_digest: str) -> dict[str, str]:
+    """What a model must remember about its features (stored in ``TaggerConfig.extra``).
+
+    Args:
+        embed: the encoder settings of params.yaml.
+        encoder_digest: :meth:`WordEncoder.digest` of the encoder that made the features.
+    """
     return {
-        "encoder": str(embed.encoder),  # type: ignore[attr-defined]
-        "layer": str(embed.layer),  # type: ignore[attr-defined]
-        "window": str(embed.window),  # type: ignore[attr-defined]
-        "dtype": str(embed.dtype),  # type: ignore[attr-defined]
-        "cache_dir": str(cache_dir.resolve()),
+        "encoder": embed.encoder,
+        "layer": str(embed.layer),
+        "window": str(embed.window),
+        "dtype": embed.dtype,
+        "encoder_digest": encoder_digest,
     }
+
+
+def encoder_caches(directory: Path) -> list[Path]:
+    """Where to look for a model's encoder: its project's ``data/encoders``, then the default.
+
+    The project is the nearest folder above ``directory`` holding a params.yaml (a model still
+    in the project that trained it); a copy elsewhere uses :func:`default_cache_dir`.
+    """
+    project = next(
+        (p for p in Path(directory).resolve().parents if (p / "params.yaml").is_file()), None
+    )
+    caches = [] if project is None else [Layout(project).encoders]
+    return [*caches, default_cache_dir()]
+
+
+def load_encoder(
+    directory: Path, extra: Mapping[str, str], cache_dir: Path | None = None
+) -> WordEncoder:
+    """The encoder a model directory was trained on, rebuilt or found by name and digest.
+
+    Args:
+        directory: the model directory (for messages and :func:`encoder_caches`).
+        extra: its ``TaggerConfig.extra``.
+        cache_dir: where converted encoders live; None tries :func:`encoder_caches`.
+
+    Raises:
+        StructkdError: a setting is missing, or no cache gives an encoder of the recorded digest.
+    """
+    missing = [k for k in ENCODER_KEYS if k not in extra]
+    if missing:
+        raise StructkdError(f"{directory}: config.json lacks encoder setting '{missing[0]}'")
+    config = EncoderConfig(
+        name_or_path=extra["encoder"],
+        layer=int(extra["layer"]),
+        window=int(extra["window"]),
+        dtype=extra["dtype"],  # type: ignore[arg-type]
+    )
+    wanted = extra.get("encoder_digest")  # absent in models written before it was recorded
+    problems = []
+    for cache in [cache_dir] if cache_dir is not None else encoder_caches(directory):
+        try:
+            encoder = WordEncoder(config, cache_dir=cache)
+        except (OSError, StructkdError) as e:  # e.g. an unwritable cache folder
+            problems.append(f"{cache}: {_first_line(e)}")
+            continue
+        if wanted is None or encoder.digest() == wanted:
+            return encoder
+        problems.append(f"{cache}: its digest is {encoder.digest()[:12]}")
+    digest = f" with digest {wanted[:12]}" if wanted else ""
+    raise StructkdError(
+        f"{directory}: cannot rebuild its encoder {config.name_or_path!r}{digest} "
+        f"({'; '.join(problems)}); set STRUCTKD_CACHE to a writable folder or install the encoder"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Predictor:
@@ -51,20 +117,12 @@ class Predictor:
         self.scheme = scheme
 
     @classmethod
-    def load(cls, directory: str | Path, scheme: str = "iob2") -> Predictor:
-        """Load a model directory and the encoder recorded in it."""
+    def load(
+        cls, directory: str | Path, scheme: str = "iob2", cache_dir: Path | None = None
+    ) -> Predictor:
+        """Load a model directory and the encoder recorded in it (see :func:`load_encoder`)."""
         model = load_tagger(Path(directory))
-        extra = model.config.extra
-        missing = [k for k in ENCODER_KEYS if k not in extra]
-        if missing:
-            raise StructkdError(f"{directory}: config.json lacks encoder setting '{missing[0]}'")
-        config = EncoderConfig(
-            name_or_path=extra["encoder"],
-            layer=int(extra["layer"]),
-            window=int(extra["window"]),
-            dtype=extra["dtype"],  # type: ignore[arg-type]
-        )
-        return cls(model, WordEncoder(config, cache_dir=Path(extra["cache_dir"])), scheme)
+        return cls(model, load_encoder(Path(directory), model.config.extra, cache_dir), scheme)
 
     def tag(self, sentences: Sequence[Sequence[str]], max_tokens: int = 4000) -> list[list[str]]:
         """Tags for each sentence (a list of words), in the output scheme."""

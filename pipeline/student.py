@@ -1,46 +1,75 @@
-"""What the student stage trains from: verified knowledge joined to features, and its loss.
+"""Student: one multilingual BiLSTM-CRF from gold labels + teacher knowledge (core of
+``train-student METHOD``).
 
-The student reads, per teacher language, the prepared training shards, their features and the
-teacher's knowledge shards (only when the method needs knowledge, and only the columns it
-needs). Knowledge is taken from the cache only when it verifies (:meth:`CacheEntry.shards`) and
-was made with the task's label set and enough k-best paths.
+Streams ``data/features/<lang>/train`` zipped with ``data/prepared/<lang>/train`` and the verified
+``knowledge/<lang>`` shards of every teacher language (only when the method needs knowledge, and
+only the columns it needs), and trains with ``λ·L_KD + (1−λ)·L_gold``, λ falling by
+``anneal_rate`` percent per epoch (paper §4.1). Model selection on the concatenated dev sets of
+all languages (micro score, as the paper). Writes ``models/students/<method>/`` (model,
+checkpoint.pt, history.csv, metrics.json).
+
+Knowledge is taken from the cache only under the key the export would compute today
+(:func:`~structkd.pipeline.export_teachers.knowledge_key`), so a teacher retrained by hand
+without a new export is refused, not silently distilled; it must also verify and have been made
+with the task's label set and enough k-best paths.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from structkd.errors import StructkdError
-from structkd.pipeline.batching import Batch
+from structkd.pipeline import distributed
+from structkd.pipeline.batching import Batch, DistillationStream
 from structkd.pipeline.data import shard_paths
+from structkd.pipeline.embed import features_encoder
+from structkd.pipeline.evaluation import load_splits
+from structkd.pipeline.export_teachers import knowledge_cache, knowledge_inputs, knowledge_key
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
 from structkd.pipeline.losses import KD_METHODS, lambda_at, student_loss
-from structkd.pipeline.params import Method, StudentParams
-from structkd.storage.cache import KnowledgeCache
+from structkd.pipeline.metrics import headline
+from structkd.pipeline.models import Tagger, TaggerConfig
+from structkd.pipeline.params import ExportParams, Method, Params, StudentParams
+from structkd.pipeline.predictor import encoder_settings
+from structkd.pipeline.training import run_fingerprint, train_tagger
+from structkd.storage.cache import CacheEntry
 from structkd.storage.schemas import KnowledgeMeta
 from structkd.storage.shards import shard_metadata
 from structkd.storage.stream import LanguageShards
 
 
 def training_sources(
-    layout: Layout, langs: Sequence[str], labels: LabelSet, method: Method, k: int
+    layout: Layout,
+    langs: Sequence[str],
+    labels: LabelSet,
+    method: Method,
+    k: int,
+    export: ExportParams,
 ) -> tuple[list[LanguageShards], dict[str, str]]:
     """Shards of every teacher language, and the cache key of the knowledge each one uses.
 
+    Args:
+        export: the export settings, part of the knowledge key the student expects.
+
     Raises:
-        StructkdError: knowledge missing, stale, partial or corrupt; made with another label set;
-            or holding fewer paths than the student's ``k``.
+        StructkdError: knowledge missing, stale (its teacher, corpus, features or the export
+            settings changed since the export), partial or corrupt; made with another label
+            set; or holding fewer paths than the student's ``k``.
     """
     columns = KD_METHODS[method].columns
-    cache = KnowledgeCache(layout.root / "knowledge")
+    cache = knowledge_cache(layout)
     sources, keys = [], {}
     for lang in langs:
         knowledge = None
         if columns:
-            knowledge = cache.entry(lang).shards()
+            knowledge = current_knowledge(cache.entry(lang), lang, layout, export)
             meta = KnowledgeMeta.from_metadata(shard_metadata(knowledge[0]))
             if tuple(meta.labels) != labels.labels:
                 raise StructkdError(
@@ -64,33 +93,138 @@ def training_sources(
     return sources, keys
 
 
-def batch_loss(
-    net: torch.nn.Module,
-    crf: torch.nn.Module,
-    batch: Batch,
-    epoch: int,
-    method: Method,
-    cfg: StudentParams,
-) -> torch.Tensor:
-    """``λ·L_KD + (1−λ)·L_gold`` of one batch, using the teacher's best ``cfg.k`` paths.
+def current_knowledge(
+    entry: CacheEntry, lang: str, layout: Layout, export: ExportParams
+) -> list[Path]:
+    """The knowledge shards of ``lang`` if they were made from today's teacher and inputs.
 
-    ``net`` computes emissions (the tagger, or its DistributedDataParallel wrapper).
+    Raises:
+        StructkdError: stale (one line naming ``lang``), or not a verified hit.
     """
-    if batch.topk_tags is not None and batch.topk_tags.shape[1] > cfg.k:
-        batch.topk_tags = batch.topk_tags[:, : cfg.k]
-        batch.topk_scores = batch.topk_scores[:, : cfg.k]
-        batch.k_valid = batch.k_valid.clamp(max=cfg.k)
-    return student_loss(
-        method,
-        crf,
-        net(batch.features, batch.mask),
-        batch,
-        lam=lambda_at(epoch, cfg.anneal_rate),
-        temperature=cfg.temperature,
-        mixture=cfg.mixture,
+    key = knowledge_key(knowledge_inputs(layout, lang), export)
+    diagnosis = entry.diagnose(key)
+    if diagnosis.status == "stale":
+        raise StructkdError(
+            f"knowledge of '{lang}' is stale: it was exported from another teacher, corpus, "
+            f"features, export settings or schema ({diagnosis.problems[0]}); "
+            "run `structkd stage export-teachers`"
+        )
+    return entry.hit_shards(diagnosis)
+
+
+@dataclass(frozen=True)
+class StudentObjective:
+    """``λ·L_KD + (1−λ)·L_gold`` over the distillation stream of every teacher language.
+
+    ``net`` computes emissions (the tagger, or its DistributedDataParallel wrapper). ``lam``
+    None anneals λ as the paper (:func:`lambda_at`); a number fixes it (the benchmark).
+    """
+
+    net: torch.nn.Module
+    crf: torch.nn.Module
+    stream: DistillationStream
+    method: Method
+    cfg: StudentParams
+    lam: float | None = None
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        self.stream.set_epoch(epoch)
+        return iter(self.stream)
+
+    def loss(self, batch: Batch, epoch: int) -> torch.Tensor:
+        return self.loss_from(self.emissions(batch), batch, epoch)
+
+    def emissions(self, batch: Batch) -> torch.Tensor:
+        """The student network's emissions of a batch (the part of :meth:`loss` before the CRF)."""
+        return self.net(batch.features, batch.mask)
+
+    def loss_from(self, emissions: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor:
+        """The loss of a batch given its emissions (the stream already kept ``cfg.k`` paths)."""
+        cfg = self.cfg
+        return student_loss(
+            self.method,
+            self.crf,
+            emissions,
+            batch,
+            lam=lambda_at(epoch, cfg.anneal_rate) if self.lam is None else self.lam,
+            temperature=cfg.temperature,
+            mixture=cfg.mixture,
+        )
+
+    def kd_weight(self, epoch: int) -> float:
+        """λ of an epoch as recorded in the history (0 for the baseline, which has no KD term)."""
+        no_kd = KD_METHODS[self.method].kd is None
+        return 0.0 if no_kd else lambda_at(epoch, self.cfg.anneal_rate)
+
+    def summary(
+        self, dev: dict[str, dict[str, float]], test: dict[str, dict[str, float]]
+    ) -> dict[str, Any]:
+        tests = {lang: headline(scores) for lang, scores in test.items()}
+        return {
+            "method": self.method,
+            "dev": {lang: headline(scores) for lang, scores in dev.items()},
+            "test": {**tests, "avg": float(np.mean(list(tests.values())))},
+        }
+
+
+def student_stream(
+    sources: Sequence[LanguageShards], method: Method, cfg: StudentParams
+) -> DistillationStream:
+    """The stream of ``method``: only the columns it reads, and the best ``cfg.k`` paths."""
+    columns = KD_METHODS[method].columns
+    return DistillationStream(
+        sources,
+        max_tokens=cfg.max_tokens,
+        knowledge_columns=columns,
+        k=cfg.k if "topk_tags" in columns else None,
+        seed=cfg.seed,
+        buffer_size=cfg.shuffle_buffer,
     )
 
 
-def kd_weight(method: Method, cfg: StudentParams, epoch: int) -> float:
-    """λ of an epoch as recorded in the history (0 for the baseline, which has no KD term)."""
-    return 0.0 if KD_METHODS[method].kd is None else lambda_at(epoch, cfg.anneal_rate)
+def train_student(
+    params: Params, layout: Layout, method: Method, *, resume: bool = False
+) -> dict[str, Any] | None:
+    """Train the multilingual student with ``method``; its metrics (None on ranks other than 0)."""
+    rank, _ = distributed.init_from_env()
+    cfg = params.student
+    labels = LabelSet.load(layout.labels)
+    langs = list(params.data.languages)
+    sources, knowledge_keys = training_sources(layout, langs, labels, method, cfg.k, params.export)
+    stream = student_stream(sources, method, cfg)
+    dev, test = load_splits(layout, langs, "dev"), load_splits(layout, langs, "test")
+    config = TaggerConfig(
+        feature_dim=stream.dim,
+        n_tags=labels.n_tags,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        extra={
+            **encoder_settings(params.embed, features_encoder(layout, langs[0])),
+            "method": method,
+        },
+    )
+    torch.manual_seed(cfg.seed)
+    model = Tagger(config, labels)
+    net, join = distributed.wrap(model)
+    return train_tagger(
+        model,
+        StudentObjective(net, model.crf, stream, method, cfg),
+        params=cfg,
+        dev=dev,
+        test=test,
+        out=layout.student(method),
+        fingerprint=run_fingerprint(cfg, method, labels.digest(), knowledge_keys),
+        resume=resume,
+        desc=f"student {method}",
+        join=join,
+        main_process=rank == 0,
+    )
+
+
+def run(params: Params, layout: Layout, method: Method, *, resume: bool = False) -> str | None:
+    """Train the student of ``method``; its one-line result (None on ranks other than 0)."""
+    metrics = train_student(params, layout, method, resume=resume)
+    if metrics is None:
+        return None
+    scores = " ".join(f"{k} {v:.2f}" for k, v in metrics["test"].items())
+    return f"student {method}: test {scores}"

@@ -1,5 +1,8 @@
 """The training loop shared by teachers and student: early stopping, checkpoints, exact resume.
 
+:func:`train_tagger` is the one routine both run (fit, reload the best model, score dev and
+test, write ``metrics.json``); a task supplies only its :class:`Objective`.
+
 Every epoch ends with an atomic checkpoint (weights, optimizer, scheduler, history). The random
 state of epoch ``e`` is derived from ``seed + e`` and the data order from the stream's epoch, so a
 run killed at any point and restarted with ``resume=True`` ends with the same weights as a run
@@ -13,16 +16,21 @@ import csv
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
 from structkd.errors import StructkdError
+from structkd.pipeline import distributed
+from structkd.pipeline.data import Split
+from structkd.pipeline.evaluation import evaluate_splits, micro_score
+from structkd.pipeline.models import Tagger, load_tagger, save_tagger
 from structkd.pipeline.params import TrainParams
 
 CHECKPOINT = "checkpoint.pt"
@@ -58,6 +66,18 @@ def make_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.O
     if params.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=params.lr)
     return torch.optim.Adam(trainable, lr=params.lr)
+
+
+def check_finite(loss: torch.Tensor, desc: str, epoch: int) -> None:
+    """Stop a run whose loss diverged (NaN or inf), naming it and the epoch."""
+    if not torch.isfinite(loss):
+        raise StructkdError(f"{desc}: loss became {loss.item()} in epoch {epoch}")
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: float) -> None:
+    """Clip the gradient norm to ``clip``, then step (after ``loss.backward()``)."""
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -141,11 +161,9 @@ def fit(
             for batch in bar:
                 optimizer.zero_grad()
                 loss = loss_fn(batch, epoch)
-                if not torch.isfinite(loss):
-                    raise StructkdError(f"{desc}: loss became {loss.item()} in epoch {epoch}")
+                check_finite(loss, desc, epoch)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), params.clip)
-                optimizer.step()
+                optimizer_step(model, optimizer, params.clip)
                 total, steps = total + loss.item(), steps + 1
                 bar.set_postfix(loss=f"{total / steps:.3f}")
         model.eval()
@@ -205,3 +223,70 @@ def write_json(data: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
     tmp.replace(path)
+
+
+class Objective(Protocol):
+    """What a tagger is trained on: its batches, its loss and how its metrics.json reads."""
+
+    def batches(self, epoch: int) -> Iterable[Any]:
+        """The batches of an epoch (the order must depend only on the epoch)."""
+        ...
+
+    def loss(self, batch: Any, epoch: int) -> torch.Tensor:
+        """The scalar training loss of one batch."""
+        ...
+
+    def kd_weight(self, epoch: int) -> float:
+        """The distillation weight λ of an epoch (0 without distillation)."""
+        ...
+
+    def summary(
+        self, dev: dict[str, dict[str, float]], test: dict[str, dict[str, float]]
+    ) -> dict[str, Any]:
+        """``metrics.json`` from the best model's scores per language on dev and test."""
+        ...
+
+
+def train_tagger(
+    model: Tagger,
+    objective: Objective,
+    *,
+    params: TrainParams,
+    dev: Mapping[str, Split],
+    test: Mapping[str, Split],
+    out: Path,
+    fingerprint: str,
+    resume: bool = False,
+    desc: str = "train",
+    join: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    main_process: bool = True,
+) -> dict[str, Any] | None:
+    """Fit ``model`` (selected on the micro dev score), reload the best, score dev and test.
+
+    ``dev`` and ``test`` map each language to its split (loaded before training, so a broken
+    test split stops the run before it starts). Writes ``out/`` (model, checkpoint, history)
+    and ``out/metrics.json``; returns the metrics (None on a non-main process, which leaves the
+    process group and writes nothing).
+    """
+    fit(
+        model,
+        params=params,
+        batches=objective.batches,
+        loss_fn=objective.loss,
+        dev_score=partial(micro_score, model, list(dev.values())),
+        save_best=partial(save_tagger, model, out),
+        out_dir=out,
+        resume=resume,
+        fingerprint=fingerprint,
+        kd_weight=objective.kd_weight,
+        desc=desc,
+        join=join,
+        main_process=main_process,
+    )
+    distributed.finish()
+    if not main_process:
+        return None
+    best = load_tagger(out)
+    metrics = objective.summary(evaluate_splits(best, dev), evaluate_splits(best, test))
+    write_json(metrics, out / "metrics.json")
+    return metrics

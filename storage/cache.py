@@ -1,20 +1,23 @@
-"""Content-addressed knowledge cache: ``knowledge/<lang>/part-NNNNN.parquet + manifest.json``.
+"""Content-addressed shard cache: ``<dir>/part-NNNNN.parquet + manifest.json``, one dir per entry.
 
-A language's knowledge is keyed by what produced it (teacher weights, prepared corpus, features,
-export settings, schema version; :func:`cache_key`). The export of one language goes
-(:meth:`CacheEntry.ensure` does exactly this)::
+An entry is keyed by what produced it (for knowledge: teacher weights, prepared corpus,
+features, export settings, schema version; :func:`cache_key`). Every producer goes through the
+same protocol, which :meth:`CacheEntry.ensure` runs for one entry::
 
     entry = KnowledgeCache(root).entry("de")
-    with entry.lock():                      # a second exporter waits here, then sees a hit
-        if entry.status(key) != "hit":
-            entry.begin(key, inputs=digests)    # a stale entry is wiped, verified shards kept
-            for name in entry.missing_shards(key, names):
-                entry.record(key, write_table_atomic(table, entry.shard_path(name)))
+    with entry.lock():                      # a second producer waits here, then sees a hit
+        plan = entry.plan(key, inputs=digests, expected=names)   # diagnosed once
+        for name in plan.missing:                                # empty on a hit
+            entry.record(key, write_table_atomic(table, entry.shard_path(name)))
+        if not plan.hit:
             entry.commit(key, names)
 
-An interrupted export leaves a manifest with ``complete: false`` that lists every shard finished
-so far with its checksum; the rerun recomputes only the rest. A shard whose bytes no longer match
-the manifest is reported (``corrupt``) and recomputed, never served (:meth:`CacheEntry.shards`).
+A producer of several entries at once (the export: every language in one dask submission) takes
+their locks in one order with :func:`locked`, plans each, then records and commits as shards
+arrive. An interrupted run leaves a manifest with ``complete: false`` that lists every shard
+finished so far with its checksum; the rerun recomputes only the rest. A shard whose bytes no
+longer match the manifest is reported (``corrupt``) and recomputed, never served
+(:meth:`CacheEntry.shards`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +90,44 @@ def content_digest(path: Path) -> str:
     return tree_digest(path)
 
 
+@dataclass(frozen=True)
+class Diagnosis:
+    """What :meth:`CacheEntry.diagnose` found: status, one line per problem, what verified."""
+
+    status: CacheStatus
+    problems: list[str]
+    manifest: Manifest | None = None
+    verified: list[ShardRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a producer must do for one entry (:meth:`CacheEntry.plan`)."""
+
+    key: str
+    diagnosis: Diagnosis
+    missing: list[str]
+
+    @property
+    def hit(self) -> bool:
+        """Nothing to do: the entry is complete and verified for the key."""
+        return self.diagnosis.status == "hit"
+
+    @property
+    def reason(self) -> str:
+        """Why it is not a hit, in one line (the first problem; every other status has one)."""
+        return self.diagnosis.problems[0]
+
+
+@contextmanager
+def locked(entries: Iterable[CacheEntry]) -> Iterator[None]:
+    """Hold the locks of ``entries``, taken in path order (two producers cannot deadlock)."""
+    with ExitStack() as stack:
+        for entry in sorted(set(entries), key=lambda e: str(e.path)):
+            stack.enter_context(entry.lock())
+        yield
+
+
 class KnowledgeCache:
     """The ``knowledge/`` directory: one :class:`CacheEntry` per language."""
 
@@ -122,34 +165,76 @@ class CacheEntry:
         inputs: Mapping[str, str],
         expected: Sequence[str],
         compute: Callable[[list[str]], Iterable[ShardRecord]],
-    ) -> list[str]:
-        """Make the entry a hit for ``key``, computing only what is missing; returns those names.
+    ) -> Plan:
+        """Make the entry a hit for ``key``, computing only what is missing; returns the plan.
 
         Args:
             key: the cache key.
             inputs: input digests stored in the manifest.
-            expected: every shard name of a complete export.
+            expected: every shard name of a complete entry.
             compute: writes the given shards (to :meth:`shard_path`, e.g. on dask workers) and
                 yields each one's record as soon as it is done, so an interruption keeps them.
         """
         with self.lock():
-            if self.status(key) == "hit":
-                return []
-            self.begin(key, inputs=inputs)
-            missing = self.missing_shards(key, expected)
-            for record in compute(missing):
-                self.record(key, record)
-            self.commit(key, expected)
-            return missing
+            plan = self.plan(key, inputs=inputs, expected=expected)
+            if not plan.hit:
+                for record in compute(plan.missing):
+                    self.record(key, record)
+                self.commit(key, expected)
+            return plan
+
+    def plan(self, key: str, *, inputs: Mapping[str, str], expected: Sequence[str]) -> Plan:
+        """Diagnose the entry once and, unless it is a hit, :meth:`begin` ``key`` on it.
+
+        Call while holding :meth:`lock`. Every shard is hashed once here: the verified shards
+        of the same key are kept, the rest (and every shard of another key) are deleted.
+        """
+        self._require_lock()
+        diagnosis = self.diagnose(key)
+        if diagnosis.status == "hit":
+            return Plan(key, diagnosis, [])
+        kept = self._begin(key, inputs, diagnosis)
+        return Plan(key, diagnosis, [name for name in expected if name not in kept])
+
+    def diagnose(self, key: str) -> Diagnosis:
+        """Status, problems and verified shards of the entry for ``key`` (one pass over shards).
+
+        ``hit`` (complete, every shard verified), ``miss`` (nothing), ``stale`` (other key),
+        ``partial`` (interrupted run of this key) or ``corrupt`` (broken manifest or shard).
+        """
+        manifest_path = self.path / MANIFEST_NAME
+        try:
+            manifest = read_manifest(self.path)
+        except StructkdError as e:
+            return Diagnosis("corrupt", [str(e)])
+        if manifest is None:
+            return Diagnosis("miss", [f"{manifest_path}: missing"])
+        if manifest.schema_version != SCHEMA_VERSION:
+            found = manifest.schema_version
+            problem = f"{manifest_path}: schema version {found}, expected {SCHEMA_VERSION}"
+            return Diagnosis("stale", [problem], manifest)
+        if manifest.key != key:
+            problem = f"{manifest_path}: made for key {manifest.key[:12]}, not {key[:12]}"
+            return Diagnosis("stale", [problem], manifest)
+        verified, problems = [], []
+        for record in manifest.shards:
+            if problem := verify_shard(self.path, record):
+                problems.append(problem)
+            else:
+                verified.append(record)
+        if not manifest.complete:
+            done = len(manifest.shards)
+            problem = f"{manifest_path}: interrupted export ({done} shards written)"
+            return Diagnosis("partial", [problem], manifest, verified)
+        return Diagnosis("corrupt" if problems else "hit", problems, manifest, verified)
 
     def status(self, key: str) -> CacheStatus:
-        """``hit`` (complete, every shard verified), ``miss`` (nothing), ``stale`` (other key),
-        ``partial`` (interrupted export of this key) or ``corrupt`` (broken manifest or shard)."""
-        return self._diagnose(key)[0]
+        """The status of :meth:`diagnose` (hashes every shard; use ``diagnose`` for both)."""
+        return self.diagnose(key).status
 
     def problems(self, key: str) -> list[str]:
         """Why the entry is not a hit for ``key`` (one line each); empty on a hit."""
-        return self._diagnose(key)[1]
+        return self.diagnose(key).problems
 
     def missing_shards(self, key: str, expected: Sequence[str]) -> list[str]:
         """Names in ``expected`` that still need computing for ``key``.
@@ -167,20 +252,25 @@ class CacheEntry:
         ]
 
     def begin(self, key: str, *, inputs: Mapping[str, str]) -> None:
-        """Start (or resume) exporting ``key``; call while holding :meth:`lock`.
+        """Start (or resume) producing ``key``; call while holding :meth:`lock`.
 
         Another key (or an unreadable manifest) invalidates the whole directory: a fresh
         manifest is written first, then every old shard is deleted. The same key keeps the
         shards that verify and deletes the ones that do not.
         """
         self._require_lock()
-        old = self._manifest_or_none()
+        self._begin(key, inputs, self.diagnose(key))
+
+    def _begin(self, key: str, inputs: Mapping[str, str], diagnosis: Diagnosis) -> set[str]:
+        """:meth:`begin` from a diagnosis already made; returns the names of the kept shards."""
+        old = diagnosis.manifest
         if old is None or old.key != key or old.schema_version != SCHEMA_VERSION:
             write_manifest(self.path, Manifest(key, dict(inputs)))
             for path in self.path.glob(SHARD_GLOB):
                 path.unlink()
+            keep: list[ShardRecord] = []
         else:
-            keep = [r for r in old.shards if verify_shard(self.path, r) is None]
+            keep = list(diagnosis.verified)
             write_manifest(self.path, Manifest(key, dict(inputs), keep))
             for record in old.shards:
                 if record not in keep:
@@ -189,6 +279,7 @@ class CacheEntry:
         for tmp in self.path.glob(".*.tmp"):  # leftovers of writers that crashed
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        return {record.name for record in keep}
 
     def record(self, key: str, record: ShardRecord) -> None:
         """Add a freshly written shard to the manifest of ``key`` (replacing an older record)."""
@@ -199,9 +290,9 @@ class CacheEntry:
         write_manifest(self.path, manifest)
 
     def commit(self, key: str, expected: Sequence[str]) -> Manifest:
-        """Mark the export of ``key`` complete once every expected shard is recorded and present.
+        """Mark the entry of ``key`` complete once every expected shard is recorded and present.
 
-        Shard files not in ``expected`` (left by an older export with more shards) are deleted.
+        Shard files not in ``expected`` (left by an older run with more shards) are deleted.
 
         Raises:
             StructkdError: a shard is not recorded or its file does not match its record.
@@ -228,7 +319,8 @@ class CacheEntry:
         """Shard paths of a verified, complete entry, in manifest order.
 
         Args:
-            key: the key the caller expects; None accepts whatever key the manifest holds.
+            key: the key the caller expects; None accepts whatever key the manifest holds
+                (for inspection only: a consumer must pass the key it recomputed).
 
         Raises:
             StructkdError: the entry is not a hit (names the first problem).
@@ -236,33 +328,17 @@ class CacheEntry:
         if key is None:
             manifest = self._manifest_or_none()
             key = "" if manifest is None else manifest.key
-        status, problems = self._diagnose(key)
-        if status != "hit":
+        return self.hit_shards(self.diagnose(key))
+
+    def hit_shards(self, diagnosis: Diagnosis) -> list[Path]:
+        """Shard paths of a hit :meth:`diagnose` result (or the error naming its first problem)."""
+        if diagnosis.status != "hit" or diagnosis.manifest is None:
+            state = "missing" if diagnosis.status == "miss" else diagnosis.status
             raise StructkdError(
-                f"{self.path}: knowledge is {status} ({problems[0]}); "
+                f"{self.path}: knowledge is {state} ({diagnosis.problems[0]}); "
                 "rerun `structkd stage export-teachers`"
             )
-        manifest = self._manifest_for(key)
-        return [self.shard_path(r.name) for r in manifest.shards]
-
-    def _diagnose(self, key: str) -> tuple[CacheStatus, list[str]]:
-        manifest_path = self.path / MANIFEST_NAME
-        try:
-            manifest = read_manifest(self.path)
-        except StructkdError as e:
-            return "corrupt", [str(e)]
-        if manifest is None:
-            return "miss", [f"{manifest_path}: missing"]
-        if manifest.schema_version != SCHEMA_VERSION:
-            found = manifest.schema_version
-            return "stale", [f"{manifest_path}: schema version {found}, expected {SCHEMA_VERSION}"]
-        if manifest.key != key:
-            return "stale", [f"{manifest_path}: made for key {manifest.key[:12]}, not {key[:12]}"]
-        if not manifest.complete:
-            done = len(manifest.shards)
-            return "partial", [f"{manifest_path}: interrupted export ({done} shards written)"]
-        problems = [p for r in manifest.shards if (p := verify_shard(self.path, r))]
-        return ("corrupt", problems) if problems else ("hit", [])
+        return [self.shard_path(r.name) for r in diagnosis.manifest.shards]
 
     def _manifest_or_none(self) -> Manifest | None:
         try:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from structkd.errors import ConfigError, StructkdError
-from structkd.storage.cache import CacheEntry, KnowledgeCache, cache_key, content_digest
+from structkd.storage.cache import CacheEntry, KnowledgeCache, cache_key, content_digest, locked
 from structkd.storage.manifest import ShardRecord, read_manifest
 from structkd.storage.shards import shard_name, write_table_atomic
 
@@ -207,11 +207,9 @@ class TestStatus:
             )
         assert not entry.lock().is_locked and entry.status(key) == "partial"
         done = entry.ensure(key, inputs={}, expected=NAMES, compute=shard_writer(entry, key, log))
-        assert done == [NAMES[2]] and log.read_text().split() == NAMES
-        assert (
-            entry.ensure(key, inputs={}, expected=NAMES, compute=shard_writer(entry, key, log))
-            == []
-        )
+        assert done.missing == [NAMES[2]] and log.read_text().split() == NAMES
+        again = entry.ensure(key, inputs={}, expected=NAMES, compute=shard_writer(entry, key, log))
+        assert again.hit and again.missing == []
         assert entry.status(key) == "hit"
 
     def test_changes_need_the_lock(self, entry, key):
@@ -244,3 +242,60 @@ def test_two_processes_share_the_cache(tmp_path: Path, key: str):
     assert sorted(results) == ["computed", "hit"]
     assert log.read_text().split() == NAMES
     assert KnowledgeCache(tmp_path / "knowledge").entry("de").status(key) == "hit"
+
+
+class TestPlan:
+    """The one protocol every producer runs: plan (diagnosed once), records, commit."""
+
+    def test_plan_hashes_each_shard_once(self, entry, key, monkeypatch):
+        from structkd.storage import cache
+
+        with pytest.raises(KeyboardInterrupt):
+            entry.ensure(
+                key, inputs={}, expected=NAMES, compute=shard_writer(entry, key, None, NAMES[2])
+            )
+        calls: list[str] = []
+        verify = cache.verify_shard
+
+        def counting(directory, record, **kwargs):
+            calls.append(record.name)
+            return verify(directory, record, **kwargs)
+
+        monkeypatch.setattr(cache, "verify_shard", counting)
+        with entry.lock():
+            plan = entry.plan(key, inputs={}, expected=NAMES)
+        assert sorted(calls) == NAMES[:2]  # the two finished shards, each hashed once
+        assert not plan.hit and plan.missing == [NAMES[2]]
+        assert plan.diagnosis.status == "partial" and "interrupted export" in plan.reason
+
+        with entry.lock():
+            compute_shard(entry, key, NAMES[2])
+            entry.commit(key, NAMES)
+            calls.clear()
+            plan = entry.plan(key, inputs={}, expected=NAMES)
+        assert plan.hit and plan.missing == [] and sorted(calls) == NAMES
+
+    def test_plan_of_another_key_starts_over(self, entry, key):
+        export(entry, key)
+        other = cache_key(**{**DIGESTS, "teacher_digest": "t2"}, settings={})
+        with entry.lock():
+            plan = entry.plan(other, inputs={}, expected=NAMES)
+        assert plan.diagnosis.status == "stale" and plan.missing == NAMES
+        assert "made for key" in plan.reason and not list(entry.path.glob("part-*"))
+
+    def test_locked_takes_every_lock_in_path_order(self, tmp_path):
+        cache = KnowledgeCache(tmp_path / "knowledge")
+        entries = [cache.entry(lang) for lang in ("en", "de", "nl")]
+        order: list[str] = []
+        for entry in entries:
+            acquire = entry.lock().acquire
+
+            def recording(*args, entry=entry, acquire=acquire, **kwargs):
+                order.append(entry.path.name)
+                return acquire(*args, **kwargs)
+
+            entry._lock.acquire = recording
+        with locked(entries):
+            assert all(entry.lock().is_locked for entry in entries)
+        assert order == ["de", "en", "nl"]
+        assert not any(entry.lock().is_locked for entry in entries)

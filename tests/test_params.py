@@ -97,7 +97,7 @@ def test_missing_split_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_dev_split_and_train_limit() -> None:
-    from structkd.stages.prepare import select
+    from structkd.pipeline.prepare import select
 
     raw = _minimal()
     spec = raw["data"]["languages"]["en"]

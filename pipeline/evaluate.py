@@ -1,0 +1,94 @@
+"""Evaluate: every teacher and every student method on every test set (core of ``evaluate``).
+
+Writes ``metrics/<model>.json`` (one row per model in ``dvc metrics show``),
+``plots/per_language.csv`` (``dvc plots``), and ``reports/pipeline/results.md`` +
+``per_language.png`` (for people).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from structkd.pipeline.evaluation import evaluate_splits, load_splits
+from structkd.pipeline.layout import Layout
+from structkd.pipeline.metrics import headline
+from structkd.pipeline.models import load_tagger
+from structkd.pipeline.params import Params
+from structkd.pipeline.report import markdown_table, with_averages, write_bars, write_csv
+from structkd.pipeline.training import write_json
+
+Table = dict[str, dict[str, float]]
+
+
+def run(params: Params, layout: Layout, echo: Callable[[str], None] = print) -> Table:
+    """Score, write the metrics, plots and report; returns the table (with averages)."""
+    langs, zero_shot = list(params.data.languages), list(params.data.zero_shot)
+    table = with_averages(score_models(params, layout, echo), langs, zero_shot)
+    for stale in layout.metrics.glob("*.json"):  # models no longer configured
+        stale.unlink()
+    for model, row in table.items():
+        write_json(row, layout.metrics / f"{model}.json")
+    metric = "F1" if params.data.span_task else "Accuracy"
+    write_csv(table, layout.plots / "per_language.csv")
+    write_bars(table, [*langs, "avg", *zero_shot], layout.reports / "per_language.png", metric)
+    layout.reports.mkdir(parents=True, exist_ok=True)
+    (layout.reports / "results.md").write_text(report(params, table), "utf-8")
+    echo(f"wrote {layout.metrics}/*.json and {layout.reports / 'results.md'}")
+    return table
+
+
+def score_models(params: Params, layout: Layout, echo: Callable[[str], None] = print) -> Table:
+    """Headline test score of each teacher and student method per language.
+
+    Teachers are scored on their own language; on a zero-shot language the Teachers row is the
+    mean over all teachers.
+    """
+    langs, zero_shot = list(params.data.languages), list(params.data.zero_shot)
+    tests = load_splits(layout, langs + zero_shot, "test")
+    teachers = {lang: load_tagger(layout.teacher(lang)) for lang in langs}
+    scores: Table = {
+        "Teachers": {
+            lang: headline(evaluate_splits(teachers[lang], {lang: tests[lang]})[lang])
+            for lang in langs
+        }
+    }
+    zero = {lang: tests[lang] for lang in zero_shot}
+    per_teacher = [evaluate_splits(teacher, zero) for teacher in teachers.values()]
+    for lang in zero_shot:
+        scores["Teachers"][lang] = sum(headline(s[lang]) for s in per_teacher) / len(per_teacher)
+    for method in params.student.methods:
+        student = load_tagger(layout.student(method))
+        scores[method] = {lang: headline(s) for lang, s in evaluate_splits(student, tests).items()}
+        echo(f"{method}: " + " ".join(f"{k} {v:.2f}" for k, v in scores[method].items()))
+    return scores
+
+
+def report(params: Params, table: Table) -> str:
+    """The text of ``reports/pipeline/results.md``."""
+    langs, zero_shot = list(params.data.languages), list(params.data.zero_shot)
+    metric = "F1" if params.data.span_task else "Accuracy"
+    baseline, teacher = table.get("baseline", {}), table["Teachers"]
+    lines = [
+        f"# Results: {params.data.task}",
+        "",
+        f"Test {metric.lower()} per language. Teachers are monolingual (own word and character "
+        "embeddings); on zero-shot languages the Teachers row is the mean over all teachers. "
+        "Students are one multilingual model per distillation method.",
+        "",
+        markdown_table(table, langs, zero_shot, metric),
+    ]
+    if "posterior" in table and baseline:
+        gap = teacher["avg"] - baseline["avg"]
+        if gap > 0:
+            closed = (table["posterior"]["avg"] - baseline["avg"]) / gap * 100
+            lines.append(
+                f"Teacher–baseline gap on the average: {gap:.2f}; "
+                f"posterior KD closes {closed:.1f}% of it."
+            )
+        else:  # a share of a gap that is not there would read as nonsense (e.g. 290%)
+            lines.append(
+                f"Teacher–baseline gap on the average: {gap:.2f}; the teachers do not beat the "
+                "baseline student here, so there is no gap for KD to close."
+            )
+    lines += ["", "![per-language scores](per_language.png)", ""]
+    return "\n".join(lines)

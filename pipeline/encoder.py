@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -217,12 +217,13 @@ class WordEncoder:
     @staticmethod
     def _truncate(model: torch.nn.Module, keep: int) -> None:
         """Drop transformer layers above ``keep`` and the pooler: they never reach the features."""
-        stack = getattr(getattr(model, "encoder", None), "layer", None)
+        hf: Any = model  # a Hugging Face model: attributes torch.nn.Module does not declare
+        stack = getattr(getattr(hf, "encoder", None), "layer", None)
         if isinstance(stack, torch.nn.ModuleList) and keep < len(stack):
-            model.encoder.layer = stack[:keep]
-            model.config.num_hidden_layers = keep
-        if getattr(model, "pooler", None) is not None:
-            model.pooler = None
+            hf.encoder.layer = stack[:keep]
+            hf.config.num_hidden_layers = keep
+        if getattr(hf, "pooler", None) is not None:
+            hf.pooler = None
 
     def digest(self) -> str:
         """Cache key of the features: encoder identity, layers, window settings, dtype, version.

@@ -17,6 +17,7 @@ def predict_split(model: Tagger, split: Split, max_tokens: int = 4000) -> list[n
     predictions: list[np.ndarray] = [np.empty(0, np.int64)] * len(split)
     tokens = split.tokens if model.config.has_lexicon else None
     for batch in iterate(split, max_tokens):
+        assert batch.index is not None  # iterate() numbers every batch's sentences
         words = batch.tokens if tokens is not None else None
         for i, path in zip(
             batch.index, model.decode(batch.features, batch.mask, words), strict=True

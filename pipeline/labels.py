@@ -23,6 +23,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class LabelSet:
         """The label set of every tag in ``sentences`` (objects with ``.tags``, or tag lists)."""
         tags: set[str] = set()
         for sentence in sentences:
-            tags.update(getattr(sentence, "tags", sentence))
+            tags.update(cast("Iterable[str]", getattr(sentence, "tags", sentence)))
         if not tags:
             raise InputError(where, "no labels: the sentences carry no tags")
         return cls.from_tags(tags, scheme, where=where)

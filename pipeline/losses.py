@@ -34,7 +34,7 @@ from torch import Tensor
 from structkd.errors import ConfigError
 from structkd.pipeline.crf import CRF
 from structkd.pipeline.params import METHODS, Method
-from structkd.storage.stream import KnowledgeColumn
+from structkd.storage.schemas import KnowledgeColumn
 
 Mixture = Literal["sum", "mean"]
 

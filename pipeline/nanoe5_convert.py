@@ -233,7 +233,8 @@ def state_dict(img: E5Image, n_layers: int) -> dict[str, np.ndarray]:
         "pooler.dense.weight": np.zeros((h, h), np.float32),
         "pooler.dense.bias": np.zeros((h,), np.float32),
     }
-    shapes = {"q.w": (h, h), "k.w": (h, h), "v.w": (h, h), "ao.w": (h, h)}
+    shapes: dict[str, tuple[int, ...]] = {"q.w": (h, h), "k.w": (h, h), "v.w": (h, h)}
+    shapes |= {"ao.w": (h, h)}
     shapes |= {"fi.w": (ff, h), "fi.b": (ff,), "fo.w": (h, ff)}
     for layer in range(n_layers):
         for suffix, hf in _LAYER_TENSORS.items():

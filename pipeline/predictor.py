@@ -146,6 +146,7 @@ class Predictor:
             for batch in iterate(split, max_tokens):
                 words = batch.tokens if self.model.config.has_lexicon else None
                 paths = self.model.decode(batch.features, batch.mask, words)
+                assert batch.index is not None  # iterate() numbers every batch's sentences
                 for i, path in zip(batch.index, paths, strict=True):
                     tags = self.model.labels.decode(path)
                     if self.model.labels.scheme != "none":

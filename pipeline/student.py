@@ -27,6 +27,7 @@ import torch
 from structkd.errors import StructkdError
 from structkd.pipeline import distributed
 from structkd.pipeline.batching import Batch, DistillationStream
+from structkd.pipeline.crf import CRF
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.embed import features_encoder
 from structkd.pipeline.evaluation import load_splits
@@ -121,7 +122,7 @@ class StudentObjective:
     """
 
     net: torch.nn.Module
-    crf: torch.nn.Module
+    crf: CRF
     stream: DistillationStream
     method: Method
     cfg: StudentParams

@@ -75,7 +75,8 @@ def list_values(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy()
+    values: np.ndarray = table.column(name).to_numpy()
+    return values
 
 
 def _check_rows(name: str, array: np.ndarray, n_rows: int) -> None:

@@ -218,8 +218,8 @@ class CacheEntry:
             return Diagnosis("stale", [problem], manifest)
         verified, problems = [], []
         for record in manifest.shards:
-            if problem := verify_shard(self.path, record):
-                problems.append(problem)
+            if issue := verify_shard(self.path, record):
+                problems.append(issue)
             else:
                 verified.append(record)
         if not manifest.complete:

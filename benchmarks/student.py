@@ -29,7 +29,7 @@ with glibc's default malloc and with a fixed ``MALLOC_MMAP_THRESHOLD_``: glibc's
 threshold keeps freed large buffers resident on the heap, which grows RSS with the number of
 batches even though the stream holds no more data.
 
-Goals (design.md §5): top-wk (K=10) and posterior <= 1.3x baseline, pos+top-wk <= 1.5x; peak
+Goals: top-wk (K=10) and posterior <= 1.3x baseline, pos+top-wk <= 1.5x; peak
 memory with 8x the corpus <= 1.1x that with 1x.
 
 Run: ``python benchmarks/student.py --threads 1`` (~8 min on 2 busy cores) or add

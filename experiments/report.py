@@ -292,12 +292,9 @@ def overview(results: dict[str, dict]) -> list[str]:
 
 
 def goals(results: dict[str, dict]) -> list[str]:
-    """The quality goals, per run: met or not, with the numbers behind the verdict.
-
-    The heading keeps the design document's section number the committed report was built with.
-    """
+    """The quality goals, per run: met or not, with the numbers behind the verdict."""
     lines = [
-        "## Quality goals (design.md §5)",
+        "## Quality goals",
         "",
         "Posterior KD should beat the baseline student on the language average and close ≥ 30% "
         "of the teacher–baseline gap; on zero-shot languages a student should beat the "

@@ -1,4 +1,4 @@
-"""Run one teacher over one prepared shard and write its knowledge shard (design.md §3).
+"""Run one teacher over one prepared shard and write its knowledge shard (README: knowledge shards).
 
 The teacher network computes emissions in torch; everything structured (log Z, marginals, edge
 marginals, exact k-best) comes from the numba kernels on the flat ragged arrays, in float64,

@@ -175,7 +175,7 @@ class FeaturesArrays:
 
 @dataclass(frozen=True, eq=False)
 class KnowledgeArrays:
-    """A knowledge shard as flat arrays (design.md §3).
+    """A knowledge shard as flat arrays (columns: ``schemas.KNOWLEDGE_COLUMNS``).
 
     Attributes:
         sent_id, lengths, log_z, k_valid: ``(n_sent,)``.

@@ -3,10 +3,10 @@
 Tables (one row per sentence, ``n`` = sentence length, ``L`` = n_tags, ``K`` = k-best size):
 
 * prepared corpus shard ``data/prepared/<lang>/<split>/part-NNNNN.parquet``: tokens and gold tags.
-* features shard ``data/features/<encoder>/<lang>/<split>/part-NNNNN.parquet``: frozen encoder
+* features shard ``data/features/<lang>/<split>/part-NNNNN.parquet``: frozen encoder
   features, same sentences in the same order as the prepared shard of the same index.
 * knowledge shard ``knowledge/<lang>/part-NNNNN.parquet``: the teacher's structured knowledge
-  (design.md §3), same sentences in the same order as the prepared shard of the same index.
+  (the column table below), same sentences in the same order as the prepared shard of the same index.
 
 The rows themselves go in and out as flat numpy arrays: :mod:`structkd.storage.arrays`.
 """

@@ -1,4 +1,4 @@
-"""The bad-input matrix (issue 6, design.md §6): one test per row, each through the real CLI.
+"""The bad-input matrix (reports/robustness.md): one test per row, each through the real CLI.
 
 Every row expects exit status 1, one ``Error:`` line naming the file and the line, sentence or
 key, no traceback, and no partial output (the stage's outputs are exactly as before the run).

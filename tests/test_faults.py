@@ -1,4 +1,4 @@
-"""The fault matrix (issue 6, design.md §6): interrupted export and training, two exports into one
+"""The fault matrix (reports/robustness.md): interrupted export and training, two exports into one
 cache, a full disk. Stages run as real processes where the fault is a process dying (SIGKILL of
 the whole process group, dask workers included) and in-process where a fault is injected.
 """

@@ -4,9 +4,9 @@
 test, write ``metrics.json``); a task supplies only its :class:`Objective`.
 
 Every epoch ends with an atomic checkpoint (weights, optimizer, scheduler, history). The random
-state of epoch ``e`` is derived from ``seed * 100_003 + e`` and the data order from the stream's epoch, so a
-run killed at any point and restarted with ``resume=True`` ends with the same weights as a run
-that was never interrupted.
+state of epoch ``e`` is derived from ``seed * 100_003 + e`` and the data order from the
+stream's epoch, so a run killed at any point and restarted with ``resume=True`` ends with the
+same weights as a run that was never interrupted.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Tables (one row per sentence, ``n`` = sentence length, ``L`` = n_tags, ``K`` = k
 * features shard ``data/features/<lang>/<split>/part-NNNNN.parquet``: frozen encoder
   features, same sentences in the same order as the prepared shard of the same index.
 * knowledge shard ``knowledge/<lang>/part-NNNNN.parquet``: the teacher's structured knowledge
-  (the column table below), same sentences in the same order as the prepared shard of the same index.
+  (the column table below), same sentences in the same order as the prepared shard of the
+  same index.
 
 The rows themselves go in and out as flat numpy arrays: :mod:`structkd.storage.arrays`.
 """

@@ -95,7 +95,7 @@ def all_shards(root: Path) -> Iterator[tuple[str, Path]]:
             yield lang, path
 
 
-# --- the shards' contract (schemas.KNOWLEDGE_COLUMNS) -----------------------------------------------------
+# --- the shards' contract (schemas.KNOWLEDGE_COLUMNS) ---------------------------------------
 
 
 def test_shards_follow_the_contract(project: Project) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from structkd.errors import ConfigError
+from structkd.pipeline.params import StudentParams
 from structkd.storage import ragged
 from structkd.storage.schemas import KNOWLEDGE_COLUMNS, ColumnSpec, KnowledgeColumn
 from structkd.storage.stream import Chunk, LanguageShards, ShardStream
@@ -190,12 +191,12 @@ class DistillationStream(ShardStream, IterableDataset[Batch]):
         self,
         sources: Sequence[LanguageShards],
         *,
-        max_tokens: int = 2000,
+        max_tokens: int = StudentParams.max_tokens,
         knowledge_columns: Sequence[KnowledgeColumn] = (),
         k: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
-        buffer_size: int = 4096,
+        buffer_size: int = StudentParams.shuffle_buffer,
         interleave: int = 8,
         read_rows: int = 256,
         rank: int | None = None,

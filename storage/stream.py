@@ -104,7 +104,7 @@ class ShardStream:
         k: int | None = None,
         shuffle: bool = True,
         seed: int = 0,
-        buffer_size: int = 4096,
+        buffer_size: int,
         interleave: int = 8,
         read_rows: int = 256,
         rank: int = 0,

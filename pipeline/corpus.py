@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Literal
 
 from structkd.errors import ConfigError, InputError
+from structkd.pipeline.params import Format
 
-Format = Literal["conll", "conllu", "bio"]
 FORMATS: tuple[str, ...] = ("conll", "conllu", "bio")
 DOCSTART = "-DOCSTART-"
 CONLLU_COLUMNS = 10

@@ -33,14 +33,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from structkd.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from structkd.pipeline.corpus import Sentence
 
-Scheme = Literal["iob1", "iob2", "bio", "bioes", "none"]
 SCHEMES: tuple[str, ...] = ("iob1", "iob2", "bio", "bioes", "none")
 OUTSIDE = "O"
 _PREFIXES = {"iob1": "BI", "iob2": "BI", "bioes": "BIES"}

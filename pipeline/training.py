@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +33,7 @@ from structkd.pipeline.data import Split
 from structkd.pipeline.evaluation import evaluate_splits, micro_score
 from structkd.pipeline.models import Tagger, load_tagger, save_tagger
 from structkd.pipeline.params import TrainParams
+from structkd.storage.io import atomic_write, atomic_write_text
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -81,9 +83,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cli
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def fit(
@@ -209,20 +209,17 @@ def fit(
 
 def write_history(history: list[EpochRecord], path: Path) -> None:
     """Per-epoch CSV for ``dvc plots``."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(EpochRecord.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in history)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(EpochRecord.__dataclass_fields__))
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in history)
+    atomic_write_text(path, text.getvalue())
 
 
 def write_json(data: Any, path: Path) -> None:
     """Atomic JSON write (metrics files are read by ``dvc metrics show``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 class Objective(Protocol):

@@ -242,14 +242,8 @@ class CacheEntry:
         A shard is kept only if the manifest of the same key lists it and its size, sha256 and
         row count match; everything else (absent, corrupt, other key) is missing.
         """
-        manifest = self._manifest_or_none()
-        if manifest is None or manifest.key != key:
-            return list(expected)
-        return [
-            name
-            for name in expected
-            if (record := manifest.record(name)) is None or verify_shard(self.path, record)
-        ]
+        kept = {record.name for record in self.diagnose(key).verified}
+        return [name for name in expected if name not in kept]
 
     def begin(self, key: str, *, inputs: Mapping[str, str]) -> None:
         """Start (or resume) producing ``key``; call while holding :meth:`lock`.

@@ -44,6 +44,12 @@ SUPPLEMENTS = {
     "and test, teachers 2,000-token batches, 20 epochs): python experiments/run.py conll --seeds 1",
     "conll-strong": "python experiments/run.py conll-strong --seeds 1 2 3 "
     "--methods baseline topwk posterior pos+topwk",
+    "pilot-conll-layer6": "python experiments/run.py pilot-conll-layer6 --seeds 1 "
+    "--methods baseline",
+    "pilot-conll-layer8": "python experiments/run.py pilot-conll-layer8 --seeds 1 "
+    "--methods baseline",
+    "pilot-conll-layer12": "python experiments/run.py pilot-conll-layer12 --seeds 1 "
+    "--methods baseline",
 }
 
 

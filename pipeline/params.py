@@ -143,7 +143,12 @@ class ExportParams:
 
 @dataclass(frozen=True)
 class StudentParams(TrainParams):
-    """The multilingual student and its distillation settings (paper §3-4)."""
+    """The multilingual student and its distillation settings (paper §3-4).
+
+    ``trust: dev`` scales each language's KD weight by how much its teacher beats the student on
+    that language's dev set, ``clip((teacher − student) / trust_margin, 0, 1)`` (points),
+    measured at the start of every epoch (epoch 0: 1); ``none`` distils every language at λ.
+    """
 
     methods: tuple[Method, ...] = METHODS
     hidden: int = 256
@@ -153,6 +158,8 @@ class StudentParams(TrainParams):
     anneal_rate: float = 5.0
     mixture: Literal["sum", "mean"] = "sum"
     shuffle_buffer: int = 2000
+    trust: Literal["none", "dev"] = "none"
+    trust_margin: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
                     raise ConfigError(
                         f"{source}: data.{group}.{lang}.{split}_limit must be a positive integer"
                     )
+    if not params.student.trust_margin > 0:
+        raise ConfigError(f"{source}: student.trust_margin must be > 0 (points of dev score)")
     for lang, spec in params.data.zero_shot.items():
         if spec.test is None:
             raise ConfigError(f"{source}: data.zero_shot.{lang} has no test split")

@@ -16,8 +16,9 @@ with the task's label set and enough k-best paths.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,13 @@ from structkd.errors import StructkdError
 from structkd.pipeline import distributed
 from structkd.pipeline.batching import Batch, DistillationStream
 from structkd.pipeline.crf import CRF
-from structkd.pipeline.data import shard_paths
+from structkd.pipeline.data import Split, shard_paths
 from structkd.pipeline.embed import features_encoder
-from structkd.pipeline.evaluation import load_splits
+from structkd.pipeline.evaluation import evaluate_splits, load_splits
 from structkd.pipeline.export_teachers import knowledge_cache, knowledge_inputs, knowledge_key
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
-from structkd.pipeline.losses import KD_METHODS, lambda_at, student_loss
+from structkd.pipeline.losses import KD_METHODS, lambda_at, sentence_weighted_loss, student_loss
 from structkd.pipeline.metrics import headline
 from structkd.pipeline.models import Tagger, TaggerConfig
 from structkd.pipeline.params import ExportParams, Method, Params, StudentParams
@@ -113,12 +114,66 @@ def current_knowledge(
     return entry.hit_shards(diagnosis)
 
 
+def trust_weight(teacher_dev: float, student_dev: float, margin: float) -> float:
+    """A language's factor of λ: ``clip((teacher_dev − student_dev) / margin, 0, 1)``."""
+    return min(1.0, max(0.0, (teacher_dev - student_dev) / margin))
+
+
+def teacher_dev_scores(layout: Layout, langs: Sequence[str]) -> dict[str, float]:
+    """Each teacher's dev score, from ``models/teachers/<lang>/metrics.json``.
+
+    Raises:
+        StructkdError: a teacher's metrics are missing or unreadable.
+    """
+    scores = {}
+    for lang in langs:
+        path = layout.teacher(lang) / "metrics.json"
+        try:
+            scores[lang] = headline(json.loads(path.read_text(encoding="utf-8"))["dev"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StructkdError(
+                f"{path}: no teacher dev score ({exc}); student.trust: dev needs the teachers' "
+                "metrics (run `structkd stage train-teacher`)"
+            ) from None
+    return scores
+
+
+@dataclass
+class Trust:
+    """Trust per language: λ scaled by how much each teacher beats the student on its dev set.
+
+    The weights of epoch e come from the student as it starts the epoch (the model of epoch
+    e − 1; a resumed run reloads exactly that one, so it measures the same weights); before the
+    first epoch there is no student to measure and every weight is 1.
+    """
+
+    model: Tagger
+    dev: Mapping[str, Split]
+    teacher_dev: Mapping[str, float]
+    margin: float
+    _weights: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def weights(self, epoch: int) -> dict[str, float]:
+        """``{lang: w_l}`` of ``epoch`` (measured once per epoch)."""
+        if epoch not in self._weights:
+            if epoch == 0:
+                self._weights[epoch] = dict.fromkeys(self.dev, 1.0)
+            else:
+                scores = evaluate_splits(self.model, self.dev)
+                self._weights[epoch] = {
+                    lang: trust_weight(self.teacher_dev[lang], headline(scores[lang]), self.margin)
+                    for lang in self.dev
+                }
+        return self._weights[epoch]
+
+
 @dataclass(frozen=True)
 class StudentObjective:
     """``λ·L_KD + (1−λ)·L_gold`` over the distillation stream of every teacher language.
 
     ``net`` computes emissions (the tagger, or its DistributedDataParallel wrapper). ``lam``
     None anneals λ as the paper (:func:`lambda_at`); a number fixes it (the benchmark).
+    ``trust`` scales λ per language (``student.trust: dev``); None gives every language λ.
     """
 
     net: torch.nn.Module
@@ -127,8 +182,10 @@ class StudentObjective:
     method: Method
     cfg: StudentParams
     lam: float | None = None
+    trust_by_language: Trust | None = None
 
     def batches(self, epoch: int) -> Iterator[Batch]:
+        self.trust(epoch)  # measured before the epoch's first step changes the student
         self.stream.set_epoch(epoch)
         return iter(self.stream)
 
@@ -142,15 +199,35 @@ class StudentObjective:
     def loss_from(self, emissions: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor:
         """The loss of a batch given its emissions (the stream already kept ``cfg.k`` paths)."""
         cfg = self.cfg
-        return student_loss(
+        lam = lambda_at(epoch, cfg.anneal_rate) if self.lam is None else self.lam
+        weights = self.trust(epoch)
+        if not weights:
+            return student_loss(
+                self.method,
+                self.crf,
+                emissions,
+                batch,
+                lam=lam,
+                temperature=cfg.temperature,
+                mixture=cfg.mixture,
+            )
+        assert batch.lang is not None  # streamed batches know each sentence's language
+        factors = torch.tensor([weights[lang] for lang in self.stream.langs], dtype=torch.float64)
+        return sentence_weighted_loss(
             self.method,
             self.crf,
             emissions,
             batch,
-            lam=lambda_at(epoch, cfg.anneal_rate) if self.lam is None else self.lam,
+            lams=lam * factors[batch.lang.cpu()],
             temperature=cfg.temperature,
             mixture=cfg.mixture,
         )
+
+    def trust(self, epoch: int) -> dict[str, float]:
+        """Each language's factor of λ in ``epoch`` (empty without trust or KD)."""
+        if self.trust_by_language is None or KD_METHODS[self.method].kd is None:
+            return {}
+        return self.trust_by_language.weights(epoch)
 
     def kd_weight(self, epoch: int) -> float:
         """λ of an epoch as recorded in the history (0 for the baseline, which has no KD term)."""
@@ -207,9 +284,12 @@ def train_student(
     torch.manual_seed(cfg.seed)
     model = Tagger(config, labels)
     net, join = distributed.wrap(model)
+    trust = None
+    if cfg.trust == "dev" and KD_METHODS[method].kd is not None:
+        trust = Trust(model, dev, teacher_dev_scores(layout, langs), cfg.trust_margin)
     return train_tagger(
         model,
-        StudentObjective(net, model.crf, stream, method, cfg),
+        StudentObjective(net, model.crf, stream, method, cfg, trust_by_language=trust),
         params=cfg,
         dev=dev,
         test=test,

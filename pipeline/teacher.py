@@ -44,6 +44,9 @@ class TeacherObjective:
     def kd_weight(self, epoch: int) -> float:
         return 0.0
 
+    def trust(self, epoch: int) -> dict[str, float]:
+        return {}
+
     def summary(
         self, dev: dict[str, dict[str, float]], test: dict[str, dict[str, float]]
     ) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class EpochRecord:
     lr: float
     kd_weight: float
     seconds: float
+    trust: str = ""
 
 
 def run_fingerprint(params: TrainParams, *extra: object) -> str:
@@ -98,6 +99,7 @@ def fit(
     resume: bool = False,
     fingerprint: str = "",
     kd_weight: Callable[[int], float] = lambda epoch: 0.0,
+    trust: Callable[[int], Mapping[str, float]] = lambda epoch: {},
     desc: str = "train",
     join: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     main_process: bool = True,
@@ -115,6 +117,7 @@ def fit(
         resume: continue from ``out_dir/checkpoint.pt`` if present.
         fingerprint: identifies the run's settings; resuming a different run is refused.
         kd_weight: the distillation weight λ of an epoch, recorded in the history.
+        trust: the per-language factors of λ in an epoch (``student.trust``), recorded too.
         desc: progress-bar label.
         join: context around an epoch's batches (DDP's ``join`` for uneven batch counts).
         main_process: only the main process writes checkpoints, models and the history.
@@ -176,6 +179,7 @@ def fit(
             lr=optimizer.param_groups[0]["lr"],
             kd_weight=kd_weight(epoch),
             seconds=time.perf_counter() - began,
+            trust=" ".join(f"{lang}={w:.3f}" for lang, w in trust(epoch).items()),
         )
         history.append(record)
         if score > best:
@@ -237,6 +241,10 @@ class Objective(Protocol):
         """The distillation weight λ of an epoch (0 without distillation)."""
         ...
 
+    def trust(self, epoch: int) -> Mapping[str, float]:
+        """Each language's factor of λ in an epoch (empty when every language gets λ)."""
+        ...
+
     def summary(
         self, dev: dict[str, dict[str, float]], test: dict[str, dict[str, float]]
     ) -> dict[str, Any]:
@@ -276,6 +284,7 @@ def train_tagger(
         resume=resume,
         fingerprint=fingerprint,
         kd_weight=objective.kd_weight,
+        trust=objective.trust,
         desc=desc,
         join=join,
         main_process=main_process,

@@ -122,12 +122,22 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class TeacherParams(TrainParams):
-    """A monolingual teacher: shared features plus its own word and character embeddings."""
+    """A monolingual teacher: shared features plus its own word and character embeddings.
+
+    ``ensemble`` trains that many members per language, with seeds ``seed, seed + 1, ...``; their
+    knowledge is exported as the exact mixture (:mod:`structkd.pipeline.ensemble`).
+    """
 
     word_dim: int = 64
     char_dim: int = 24
     char_hidden: int = 48
     min_word_count: int = 1
+    ensemble: int = 1
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The members' seeds, the first one ``seed`` (a single teacher is member 0 alone)."""
+        return tuple(self.seed + i for i in range(self.ensemble))
 
 
 @dataclass(frozen=True)
@@ -273,6 +283,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
                     raise ConfigError(
                         f"{source}: data.{group}.{lang}.{split}_limit must be a positive integer"
                     )
+    if params.teacher.ensemble < 1:
+        raise ConfigError(f"{source}: teacher.ensemble must be >= 1 (teachers per language)")
     if not params.student.trust_margin > 0:
         raise ConfigError(f"{source}: student.trust_margin must be > 0 (points of dev score)")
     for lang, spec in params.data.zero_shot.items():

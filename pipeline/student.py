@@ -38,7 +38,7 @@ from structkd.pipeline.layout import Layout
 from structkd.pipeline.losses import KD_METHODS, lambda_at, sentence_weighted_loss, student_loss
 from structkd.pipeline.metrics import headline
 from structkd.pipeline.models import Tagger, TaggerConfig
-from structkd.pipeline.params import ExportParams, Method, Params, StudentParams
+from structkd.pipeline.params import Method, Params, StudentParams
 from structkd.pipeline.predictor import encoder_settings
 from structkd.pipeline.training import run_fingerprint, train_tagger
 from structkd.storage.cache import CacheEntry
@@ -48,30 +48,25 @@ from structkd.storage.stream import LanguageShards
 
 
 def training_sources(
-    layout: Layout,
-    langs: Sequence[str],
-    labels: LabelSet,
-    method: Method,
-    k: int,
-    export: ExportParams,
+    layout: Layout, params: Params, labels: LabelSet, method: Method
 ) -> tuple[list[LanguageShards], dict[str, str]]:
     """Shards of every teacher language, and the cache key of the knowledge each one uses.
 
-    Args:
-        export: the export settings, part of the knowledge key the student expects.
+    ``params`` gives the languages, the student's ``k`` and what the knowledge key the student
+    expects is made of (the teachers' members, the export settings).
 
     Raises:
         StructkdError: knowledge missing, stale (its teacher, corpus, features or the export
             settings changed since the export), partial or corrupt; made with another label
             set; or holding fewer paths than the student's ``k``.
     """
-    columns = KD_METHODS[method].columns
+    columns, k = KD_METHODS[method].columns, params.student.k
     cache = knowledge_cache(layout)
     sources, keys = [], {}
-    for lang in langs:
+    for lang in params.data.languages:
         knowledge = None
         if columns:
-            knowledge = current_knowledge(cache.entry(lang), lang, layout, export)
+            knowledge = current_knowledge(cache.entry(lang), lang, layout, params)
             meta = KnowledgeMeta.from_metadata(shard_metadata(knowledge[0]))
             if tuple(meta.labels) != labels.labels:
                 raise StructkdError(
@@ -95,15 +90,14 @@ def training_sources(
     return sources, keys
 
 
-def current_knowledge(
-    entry: CacheEntry, lang: str, layout: Layout, export: ExportParams
-) -> list[Path]:
-    """The knowledge shards of ``lang`` if they were made from today's teacher and inputs.
+def current_knowledge(entry: CacheEntry, lang: str, layout: Layout, params: Params) -> list[Path]:
+    """The knowledge shards of ``lang`` if they were made from today's teachers and inputs.
 
     Raises:
         StructkdError: stale (one line naming ``lang``), or not a verified hit.
     """
-    key = knowledge_key(knowledge_inputs(layout, lang), export)
+    inputs = knowledge_inputs(layout, lang, params.teacher.seeds)
+    key = knowledge_key(inputs, params.export)
     diagnosis = entry.diagnose(key)
     if diagnosis.status == "stale":
         raise StructkdError(
@@ -119,22 +113,27 @@ def trust_weight(teacher_dev: float, student_dev: float, margin: float) -> float
     return min(1.0, max(0.0, (teacher_dev - student_dev) / margin))
 
 
-def teacher_dev_scores(layout: Layout, langs: Sequence[str]) -> dict[str, float]:
-    """Each teacher's dev score, from ``models/teachers/<lang>/metrics.json``.
+def teacher_dev_scores(
+    layout: Layout, langs: Sequence[str], seeds: Sequence[int]
+) -> dict[str, float]:
+    """Each teacher's dev score from its ``metrics.json``; of an ensemble, its members' mean.
 
     Raises:
         StructkdError: a teacher's metrics are missing or unreadable.
     """
     scores = {}
     for lang in langs:
-        path = layout.teacher(lang) / "metrics.json"
-        try:
-            scores[lang] = headline(json.loads(path.read_text(encoding="utf-8"))["dev"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StructkdError(
-                f"{path}: no teacher dev score ({exc}); student.trust: dev needs the teachers' "
-                "metrics (run `structkd stage train-teacher`)"
-            ) from None
+        members = []
+        for member in layout.teacher_members(lang, seeds):
+            path = member / "metrics.json"
+            try:
+                members.append(headline(json.loads(path.read_text(encoding="utf-8"))["dev"]))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StructkdError(
+                    f"{path}: no teacher dev score ({exc}); student.trust: dev needs the "
+                    "teachers' metrics (run `structkd stage train-teacher`)"
+                ) from None
+        scores[lang] = sum(members) / len(members)
     return scores
 
 
@@ -268,7 +267,7 @@ def train_student(
     cfg = params.student
     labels = LabelSet.load(layout.labels)
     langs = list(params.data.languages)
-    sources, knowledge_keys = training_sources(layout, langs, labels, method, cfg.k, params.export)
+    sources, knowledge_keys = training_sources(layout, params, labels, method)
     stream = student_stream(sources, method, cfg)
     dev, test = load_splits(layout, langs, "dev"), load_splits(layout, langs, "test")
     config = TaggerConfig(
@@ -286,7 +285,8 @@ def train_student(
     net, join = distributed.wrap(model)
     trust = None
     if cfg.trust == "dev" and KD_METHODS[method].kd is not None:
-        trust = Trust(model, dev, teacher_dev_scores(layout, langs), cfg.trust_margin)
+        teacher_dev = teacher_dev_scores(layout, langs, params.teacher.seeds)
+        trust = Trust(model, dev, teacher_dev, cfg.trust_margin)
     return train_tagger(
         model,
         StudentObjective(net, model.crf, stream, method, cfg, trust_by_language=trust),

@@ -55,9 +55,10 @@ def run_fingerprint(params: TrainParams, *extra: object) -> str:
     """What a checkpoint must match to be resumed: settings that change the trajectory.
 
     ``max_epochs`` and ``patience`` only decide when to stop, so a run may be resumed with more;
-    ``threads`` does not change the result.
+    ``threads`` does not change the result, nor does a teacher's ``ensemble`` (how many members
+    are trained) change any one member.
     """
-    ignored = ("max_epochs", "patience", "threads")
+    ignored = ("max_epochs", "patience", "threads", "ensemble")
     settings = {k: v for k, v in asdict(params).items() if k not in ignored}
     text = json.dumps([settings, *extra], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

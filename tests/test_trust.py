@@ -118,9 +118,9 @@ def test_a_missing_teacher_score_is_one_error_naming_the_file(tmp_path: Path) ->
     layout = Layout(tmp_path)
     (layout.teacher("en")).mkdir(parents=True)
     (layout.teacher("en") / "metrics.json").write_text(json.dumps({"dev": {"accuracy": 91.5}}))
-    assert teacher_dev_scores(layout, ["en"]) == {"en": 91.5}
+    assert teacher_dev_scores(layout, ["en"], (1,)) == {"en": 91.5}
     with pytest.raises(StructkdError, match=r"teachers/de/metrics.json: no teacher dev score"):
-        teacher_dev_scores(layout, ["en", "de"])
+        teacher_dev_scores(layout, ["en", "de"], (1,))
 
 
 # --- on the tiny real project (tests/e2e_project.py) -------------------------------------------

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from crf_oracle import apply_constraints, brute_force, random_constraints
+from e2e_project import Project, cli, copy_project, read_params, shared_project, write_params
+from safetensors.torch import load_file
 
+from structkd.pipeline import crf_kernels
 from structkd.pipeline.crf import CRF
 from structkd.pipeline.ensemble import TeacherKnowledge, mix, path_log_probs, teacher_knowledge
+from structkd.pipeline.export import ShardJob, export_shard, teacher_emissions
+from structkd.pipeline.export_teachers import knowledge_inputs, plan_export
+from structkd.pipeline.layout import open_project
 from structkd.pipeline.losses import emission_kd, posterior_kd, structural_kd, topwk_kd
+from structkd.pipeline.models import load_tagger
 from structkd.storage import ragged
-from tests.crf_oracle import apply_constraints, brute_force, random_constraints
+from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
+from structkd.storage.schemas import FeaturesMeta, KnowledgeMeta
+from structkd.storage.shards import read_shard, shard_metadata, write_table_atomic
 
 LENGTHS = np.array([3, 1, 4, 2])
 N_TAGS = 3
@@ -260,3 +274,111 @@ def test_posterior_and_emission_kd_target_the_mixture(temperature: float) -> Non
         float(emission_kd(emissions, padded(np.log(soft)), mask, temperature)),
         rtol=1e-10,
     )
+
+
+# --- the export on the tiny real project (tests/e2e_project.py) --------------------------------
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Project:
+    return shared_project(tmp_path_factory.getbasetemp() / "e2e-project", tiny_encoder_dir)
+
+
+def one_teacher_shard(job: ShardJob, out: Path) -> bytes:
+    """The shard of one teacher as the export wrote it before ensembles (the kernels' output,
+    straight into the knowledge arrays), written to ``out``; its bytes."""
+    (teacher_dir,) = job.teacher_dirs
+    model = load_tagger(Path(teacher_dir))
+    prepared = PreparedArrays.from_table(read_shard(Path(job.prepared)))
+    dim = FeaturesMeta.from_metadata(shard_metadata(Path(job.features))).dim
+    feats = FeaturesArrays.from_table(read_shard(Path(job.features)), dim=dim)
+    lengths = np.asarray(prepared.lengths, np.int64)
+    emissions = teacher_emissions(model, prepared.tokens, feats.features, lengths)
+    crf = model.crf.numpy_params()
+    kwargs = {"emissions": emissions, "offsets": ragged.offsets(lengths), **crf}
+    log_z, log_marginals, edges = crf_kernels.posteriors(**kwargs, edges=True)
+    tags, scores, k_valid = crf_kernels.kbest(**kwargs, k=job.settings.k)
+    meta = KnowledgeMeta(
+        labels=model.labels.labels,
+        transitions=crf["transitions"],
+        start=crf["start"],
+        end=crf["end"],
+        k=job.settings.k,
+        cache_key=job.cache_key,
+        digests=dict(job.digests),
+        prepared=os.path.relpath(job.prepared, Path(job.output).parent),
+        edge_marginals=True,
+    )
+    arrays = KnowledgeArrays(
+        sent_id=prepared.sent_id,
+        lengths=lengths,
+        log_z=log_z,
+        topk_tags=tags.astype(np.int16),
+        topk_scores=scores.astype(np.float32),
+        k_valid=k_valid.astype(np.int16),
+        log_marginals=log_marginals,
+        emissions=emissions,
+        edge_marginals=edges,
+    )
+    write_table_atomic(arrays.to_table(meta), out)
+    return out.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_one_teacher_exports_the_bytes_it_always_did(project: Project, tmp_path: Path) -> None:
+    params, layout = open_project(project.params)
+    for language in plan_export(params, layout):
+        (job, *_) = language.jobs(language.names, params.export)
+        assert job.teacher_dirs == (str(layout.teacher(language.lang)),)
+        want = one_teacher_shard(job, tmp_path / language.lang / "part.parquet")
+        assert Path(job.output).read_bytes() == want
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_an_ensemble_is_trained_exported_as_the_mixture_and_distilled(
+    project: Project, tmp_path: Path
+) -> None:
+    params_path = copy_project(project.root, tmp_path / "ensemble")
+    settings = read_params(params_path)
+    settings["teacher"]["ensemble"] = 2
+    write_params(params_path, settings)
+    out = cli("stage", "train-teacher", "en", "--params", str(params_path))
+    assert "teacher en seed 3:" in out and "teacher en seed 4:" in out and "members' mean" in out
+    cli("stage", "train-teacher", "de", "--params", str(params_path))
+    params, layout = open_project(params_path)
+    members = layout.teacher_members("en", params.teacher.seeds)
+    assert members[1] == layout.teacher("en") / "members" / "seed-4"
+    single = load_file(str(project.root / "models/teachers/en/model.safetensors"))
+    first = load_file(str(members[0] / "model.safetensors"))  # member 0 is the one teacher
+    assert all(torch.equal(single[k], first[k]) for k in single)
+    assert "computing" in cli("stage", "export-teachers", "--params", str(params_path))
+
+    shard = layout.knowledge("en") / "part-00000.parquet"
+    meta = KnowledgeMeta.from_metadata(shard_metadata(shard))
+    mixed = KnowledgeArrays.from_table(read_shard(shard), k=meta.k, n_tags=meta.n_tags)
+    assert sorted(meta.digests) == sorted(knowledge_inputs(layout, "en", params.teacher.seeds))
+    assert (mixed.log_z == 0).all()
+    alone = []
+    for member in members:  # each member exported on its own
+        (job, *_) = next(p for p in plan_export(params, layout) if p.lang == "en").jobs(
+            ["part-00000.parquet"], params.export
+        )
+        target = tmp_path / member.name / "part-00000.parquet"
+        export_shard(replace(job, teacher_dirs=(str(member),), output=str(target)))
+        m = KnowledgeMeta.from_metadata(shard_metadata(target))
+        alone.append(KnowledgeArrays.from_table(read_shard(target), k=m.k, n_tags=m.n_tags))
+    mean = (np.exp(alone[0].log_marginals) + np.exp(alone[1].log_marginals)) / 2
+    np.testing.assert_allclose(np.exp(mixed.log_marginals), mean, atol=1e-6)
+    np.testing.assert_allclose(
+        mixed.edge_marginals, (alone[0].edge_marginals + alone[1].edge_marginals) / 2, atol=1e-3
+    )  # float16 column
+    for i in range(len(mixed.sent_id)):  # the best path of the mixture is one of the members'
+        best = tuple(mixed.paths(i)[0])
+        assert best in {tuple(p) for a in alone for p in a.paths(i)[: a.k_valid[i]]}
+
+    shown = cli("knowledge", "show", str(shard))
+    assert "teachers: 2 (their exact mixture" in shown and "teacher@seed-4" in shown
+    cli("stage", "train-student", "posterior", "--params", str(params_path))
+    cli("stage", "train-student", "topwk", "--params", str(params_path))

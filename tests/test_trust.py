@@ -21,7 +21,7 @@ from e2e_project import (
 from safetensors.torch import load_file
 from test_losses import make_case
 
-from structkd.errors import StructkdError
+from structkd.errors import ConfigError, StructkdError
 from structkd.pipeline.data import Split
 from structkd.pipeline.evaluation import evaluate_split
 from structkd.pipeline.labels import LabelSet
@@ -29,7 +29,7 @@ from structkd.pipeline.layout import Layout
 from structkd.pipeline.losses import gold_nll, sentence_weighted_loss, student_loss
 from structkd.pipeline.metrics import headline
 from structkd.pipeline.models import Tagger, TaggerConfig
-from structkd.pipeline.params import METHODS
+from structkd.pipeline.params import METHODS, parse_params
 from structkd.pipeline.student import Trust, teacher_dev_scores, trust_weight
 
 
@@ -168,3 +168,27 @@ def test_trust_in_teachers_far_better_trains_as_without_trust(
     assert [row["trust"] for row in plain_history] == ["", ""]
     assert [row["trust"] for row in history] == ["en=1.000 de=1.000"] * 2
     assert [{**row, "trust": ""} for row in history] == plain_history
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "problem"),
+    [
+        ("student", "trust_margin", 0.0, "student.trust_margin must be > 0"),
+        ("student", "trust", "always", "student.trust: 'always' is not one of none, dev"),
+        ("teacher", "ensemble", 0, "teacher.ensemble must be >= 1"),
+    ],
+)
+def test_bad_trust_and_ensemble_settings_are_one_line(
+    section: str, key: str, value: object, problem: str
+) -> None:
+    raw = {
+        "data": {
+            "task": "upos",
+            "languages": {
+                "en": {"format": "conllu", "scheme": "none", "train": "a", "dev": "b", "test": "c"}
+            },
+        },
+        section: {key: value},
+    }
+    with pytest.raises(ConfigError, match=f"params.yaml: {problem}"):
+        parse_params(raw)

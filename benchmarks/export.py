@@ -137,7 +137,9 @@ def plan_jobs(params_path: Path, out_dir: Path) -> list[ShardJob]:
         for prepared in shard_paths(layout.prepared(lang, "train")):
             jobs.append(
                 ShardJob(
-                    teacher_dir=str(layout.teacher(lang)),
+                    teacher_dirs=tuple(
+                        str(d) for d in layout.teacher_members(lang, params.teacher.seeds)
+                    ),
                     prepared=str(prepared),
                     features=str(features / prepared.name),
                     output=str(out_dir / lang / prepared.name),
@@ -175,7 +177,7 @@ def time_cluster(jobs: list[ShardJob], n_workers: int, repeats: int, scratch: Pa
     try:
         first = {}
         for job in jobs:
-            first.setdefault(job.teacher_dir, job)
+            first.setdefault(job.teacher_dirs, job)
         client.run(warm_up, list(first.values()), str(scratch))
         runs = []
         for r in range(repeats):

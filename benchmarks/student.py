@@ -80,7 +80,7 @@ def snapshot(project: Path, work: Path) -> bool:
     cache = knowledge_cache(layout)
     try:
         knowledge = {  # only knowledge of today's teachers (what the stage would accept)
-            lang: current_knowledge(cache.entry(lang), lang, layout, params.export)
+            lang: current_knowledge(cache.entry(lang), lang, layout, params)
             for lang in params.data.languages
         }
         for lang in params.data.languages:

@@ -65,6 +65,16 @@ class Batch:
     emissions: torch.Tensor | None = None
     edge_marginals: torch.Tensor | None = None
 
+    def select(self, rows: torch.Tensor) -> Batch:
+        """The sentences ``rows`` (a ``(b,)`` long index) of the batch, padding kept as it is."""
+        picked = rows.tolist()
+        lists: dict[str, Any] = {
+            name: [values[i] for i in picked]
+            for name in ("tokens", "index")
+            if (values := getattr(self, name)) is not None
+        }
+        return dataclasses.replace(self._map(lambda x: x[rows.to(x.device)]), **lists)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The batch with every tensor moved to ``device``."""
         return self._map(lambda x: x.to(device, non_blocking=non_blocking))

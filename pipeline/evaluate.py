@@ -41,19 +41,22 @@ def score_models(params: Params, layout: Layout, echo: Callable[[str], None] = p
     """Headline test score of each teacher and student method per language.
 
     Teachers are scored on their own language; on a zero-shot language the Teachers row is the
-    mean over all teachers.
+    mean over all teachers. A teacher ensemble counts as the mean of its members' scores (each
+    member is a teacher of its own; the mixture is distilled, not decoded).
     """
     langs, zero_shot = list(params.data.languages), list(params.data.zero_shot)
     tests = load_splits(layout, langs + zero_shot, "test")
-    teachers = {lang: load_tagger(layout.teacher(lang)) for lang in langs}
-    scores: Table = {
-        "Teachers": {
-            lang: headline(evaluate_splits(teachers[lang], {lang: tests[lang]})[lang])
-            for lang in langs
-        }
+    teachers = {
+        lang: [load_tagger(d) for d in layout.teacher_members(lang, params.teacher.seeds)]
+        for lang in langs
     }
+    own = {
+        lang: [headline(evaluate_splits(m, {lang: tests[lang]})[lang]) for m in members]
+        for lang, members in teachers.items()
+    }
+    scores: Table = {"Teachers": {lang: sum(s) / len(s) for lang, s in own.items()}}
     zero = {lang: tests[lang] for lang in zero_shot}
-    per_teacher = [evaluate_splits(teacher, zero) for teacher in teachers.values()]
+    per_teacher = [evaluate_splits(m, zero) for members in teachers.values() for m in members]
     for lang in zero_shot:
         scores["Teachers"][lang] = sum(headline(s[lang]) for s in per_teacher) / len(per_teacher)
     for method in params.student.methods:
@@ -68,12 +71,21 @@ def report(params: Params, table: Table) -> str:
     langs, zero_shot = list(params.data.languages), list(params.data.zero_shot)
     metric = "F1" if params.data.span_task else "Accuracy"
     baseline, teacher = table.get("baseline", {}), table["Teachers"]
+    intro = (
+        f"Test {metric.lower()} per language. Teachers are monolingual (own word and character "
+        "embeddings); on zero-shot languages the Teachers row is the mean over all teachers. "
+        "Students are one multilingual model per distillation method."
+    )
+    if params.teacher.ensemble > 1:
+        intro += (
+            f" Each teacher is an ensemble of {params.teacher.ensemble} (seeds "
+            f"{', '.join(map(str, params.teacher.seeds))}): its row is the members' mean, its "
+            "knowledge their exact mixture."
+        )
     lines = [
         f"# Results: {params.data.task}",
         "",
-        f"Test {metric.lower()} per language. Teachers are monolingual (own word and character "
-        "embeddings); on zero-shot languages the Teachers row is the mean over all teachers. "
-        "Students are one multilingual model per distillation method.",
+        intro,
         "",
         markdown_table(table, langs, zero_shot, metric),
     ]

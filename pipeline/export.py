@@ -1,4 +1,6 @@
-"""Run one teacher over one prepared shard and write its knowledge shard (README: knowledge shards).
+"""Run a teacher (or each member of a teacher ensemble) over one prepared shard and write its
+knowledge shard (README: knowledge shards); an ensemble's is the exact mixture
+(:func:`structkd.pipeline.ensemble.mix`).
 
 The teacher network computes emissions in torch; everything structured (log Z, marginals, edge
 marginals, exact k-best) comes from the numba kernels on the flat ragged arrays, in float64,
@@ -18,8 +20,8 @@ import numpy as np
 import torch
 
 from structkd.errors import InputError
-from structkd.pipeline import crf_kernels
 from structkd.pipeline.batching import Padder, budget_batches
+from structkd.pipeline.ensemble import mix, teacher_knowledge
 from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.params import ExportParams
 from structkd.storage import ragged
@@ -33,9 +35,9 @@ TEACHER_BATCH_TOKENS = 4000
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One unit of export work: a teacher, one prepared shard and its features shard."""
+    """One unit of export work: a teacher's members, one prepared shard and its features shard."""
 
-    teacher_dir: str
+    teacher_dirs: tuple[str, ...]
     prepared: str
     features: str
     output: str
@@ -83,7 +85,10 @@ def teacher_emissions(
 def export_shard(job: ShardJob) -> ShardTiming:
     """Compute and atomically write the knowledge shard of ``job``."""
     began = time.perf_counter()
-    model = _teacher(job.teacher_dir, (Path(job.teacher_dir) / "model.safetensors").stat().st_mtime)
+    models = [
+        _teacher(directory, (Path(directory) / "model.safetensors").stat().st_mtime)
+        for directory in job.teacher_dirs
+    ]
     prepared = PreparedArrays.from_table(read_shard(Path(job.prepared)))
     dim = FeaturesMeta.from_metadata(shard_metadata(Path(job.features))).dim
     feats = FeaturesArrays.from_table(read_shard(Path(job.features)), dim=dim)
@@ -96,26 +101,39 @@ def export_shard(job: ShardJob) -> ShardTiming:
             "(or their sentence ids differ); re-run `structkd stage embed`",
         )
     lengths = np.asarray(prepared.lengths, np.int64)
-    emissions = teacher_emissions(model, prepared.tokens, feats.features, lengths)
-    network_done = time.perf_counter()
-
-    bad = ~np.isfinite(emissions).all(axis=1)
-    if bad.any():  # the kernels would refuse them with a ValueError: name the sentence instead
-        first = int(np.searchsorted(ragged.offsets(lengths)[1:], np.argmax(bad), "right"))
-        raise InputError(
-            f"{job.prepared}: sent_id {int(prepared.sent_id[first])}",
-            f"teacher {job.teacher_dir}: emissions contain NaN or inf; not exported",
+    network, kernels = time.perf_counter() - began, 0.0  # reading counts as the network's part
+    members = []
+    for directory, model in zip(job.teacher_dirs, models, strict=True):
+        began_member = time.perf_counter()
+        emissions = teacher_emissions(model, prepared.tokens, feats.features, lengths)
+        network_done = time.perf_counter()
+        bad = ~np.isfinite(emissions).all(axis=1)
+        if bad.any():  # the kernels would refuse them with a ValueError: name the sentence instead
+            first = int(np.searchsorted(ragged.offsets(lengths)[1:], np.argmax(bad), "right"))
+            raise InputError(
+                f"{job.prepared}: sent_id {int(prepared.sent_id[first])}",
+                f"teacher {directory}: emissions contain NaN or inf; not exported",
+            )
+        members.append(
+            teacher_knowledge(
+                emissions,
+                lengths,
+                model.crf.numpy_params(),
+                k=job.settings.k,
+                edges=job.settings.edge_marginals,
+            )
         )
-    crf = model.crf.numpy_params()
-    kwargs = {"emissions": emissions, "offsets": ragged.offsets(lengths), **crf}
-    log_z, log_marginals, edges = crf_kernels.posteriors(
-        **kwargs, edges=job.settings.edge_marginals
-    )
-    kbest_tags, kbest_scores, k_valid = crf_kernels.kbest(**kwargs, k=job.settings.k)
+        network += network_done - began_member
+        kernels += time.perf_counter() - network_done
+    mixed_began = time.perf_counter()
+    knowledge = mix(members, lengths, k=job.settings.k)
     kernels_done = time.perf_counter()
+    kernels += kernels_done - mixed_began
 
+    crf = members[0].crf  # a mixture has no CRF: the shard records its first member's
+    assert crf is not None  # a member's knowledge carries its CRF
     meta = KnowledgeMeta(
-        labels=model.labels.labels,
+        labels=models[0].labels.labels,
         transitions=crf["transitions"],
         start=crf["start"],
         end=crf["end"],
@@ -130,27 +148,27 @@ def export_shard(job: ShardJob) -> ShardTiming:
     arrays = KnowledgeArrays(
         sent_id=prepared.sent_id,
         lengths=lengths,
-        log_z=log_z,
-        topk_tags=kbest_tags.astype(np.int16),
-        topk_scores=kbest_scores.astype(np.float32),
-        k_valid=k_valid.astype(np.int16),
-        log_marginals=log_marginals,
-        emissions=emissions,
-        edge_marginals=edges,
+        log_z=knowledge.log_z,
+        topk_tags=knowledge.kbest_tags.astype(np.int16),
+        topk_scores=knowledge.kbest_scores.astype(np.float32),
+        k_valid=knowledge.k_valid.astype(np.int16),
+        log_marginals=knowledge.log_marginals,
+        emissions=knowledge.emissions,
+        edge_marginals=knowledge.edge_marginals,
     )
     try:
         table = arrays.to_table(meta)  # validates, once, the values as stored
     except InputError as exc:
         raise InputError(
             f"{job.prepared}: {exc.where}",
-            f"teacher {job.teacher_dir}: {exc.problem}; not exported",
+            f"teacher {', '.join(job.teacher_dirs)}: {exc.problem}; not exported",
         ) from None
     record = write_table_atomic(table, Path(job.output))
     done = time.perf_counter()
     return ShardTiming(
         record=record,
         sentences=len(lengths),
-        network=network_done - began,
-        kernels=kernels_done - network_done,
+        network=network,
+        kernels=kernels,
         writing=done - kernels_done,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -30,15 +30,32 @@ if TYPE_CHECKING:
     from structkd.pipeline.export import ShardJob
 
 
-def knowledge_inputs(layout: Layout, lang: str) -> dict[str, str]:
-    """Digests of what ``lang``'s knowledge is made from (stored in its manifest)."""
-    teacher = layout.teacher(lang)
+def knowledge_inputs(layout: Layout, lang: str, seeds: Sequence[int]) -> dict[str, str]:
+    """Digests of what ``lang``'s knowledge is made from (stored in its manifest and shards).
+
+    The teacher ensemble's members are ``teacher`` / ``teacher_config`` (the first, seed
+    ``seeds[0]``) and ``teacher@seed-<s>`` / ``teacher_config@seed-<s>`` for the others, so a
+    single teacher's inputs, and hence its key, are what they were before ensembles.
+    """
+    inputs = {}
+    for i, (seed, member) in enumerate(
+        zip(seeds, layout.teacher_members(lang, seeds), strict=True)
+    ):
+        tag = f"@seed-{seed}" if i else ""
+        inputs[f"teacher{tag}"] = content_digest(member / "model.safetensors")
+        inputs[f"teacher_config{tag}"] = content_digest(member / "config.json")
     return {
-        "teacher": content_digest(teacher / "model.safetensors"),
-        "teacher_config": content_digest(teacher / "config.json"),
+        **inputs,
         "prepared": content_digest(layout.prepared(lang, "train")),
         "features": content_digest(layout.features(lang, "train")),
     }
+
+
+def teacher_members(inputs: Mapping[str, str]) -> list[str]:
+    """The member tags of the inputs: ``""`` for the first teacher, ``"@seed-<s>"`` for others."""
+    return [""] + sorted(
+        name.removeprefix("teacher") for name in inputs if name.startswith("teacher@")
+    )
 
 
 def knowledge_key(inputs: Mapping[str, str], settings: ExportParams) -> str:
@@ -47,7 +64,10 @@ def knowledge_key(inputs: Mapping[str, str], settings: ExportParams) -> str:
     The student recomputes it to refuse knowledge a retrained teacher has made stale.
     """
     return cache_key(
-        teacher_digest=inputs["teacher"] + inputs["teacher_config"],
+        teacher_digest="".join(
+            inputs[f"teacher{tag}"] + inputs[f"teacher_config{tag}"]
+            for tag in teacher_members(inputs)
+        ),
         prepared_digest=inputs["prepared"],
         features_digest=inputs["features"],
         settings={k: v for k, v in asdict(settings).items() if k != "workers"},
@@ -69,6 +89,7 @@ class LanguageExport:
     inputs: dict[str, str]
     names: list[str]
     layout: Layout
+    seeds: tuple[int, ...]
 
     def jobs(self, missing: list[str], settings: ExportParams) -> list[ShardJob]:
         """One dask task per missing shard."""
@@ -78,7 +99,9 @@ class LanguageExport:
         features = self.layout.features(self.lang, "train")
         return [
             ShardJob(
-                teacher_dir=str(self.layout.teacher(self.lang)),
+                teacher_dirs=tuple(
+                    str(d) for d in self.layout.teacher_members(self.lang, self.seeds)
+                ),
                 prepared=str(prepared / name),
                 features=str(features / name),
                 output=str(self.entry.shard_path(name)),
@@ -99,13 +122,15 @@ def plan_export(params: Params, layout: Layout) -> list[LanguageExport]:
     task_labels = LabelSet.load(layout.labels)
     cache = knowledge_cache(layout)
     plans = []
+    seeds = params.teacher.seeds
     for lang in params.data.languages:
-        labels_path = layout.teacher(lang) / "labels.json"
-        task_labels.check_same(LabelSet.load(labels_path), str(labels_path))
-        inputs = knowledge_inputs(layout, lang)
+        for member in layout.teacher_members(lang, seeds):
+            labels_path = member / "labels.json"
+            task_labels.check_same(LabelSet.load(labels_path), str(labels_path))
+        inputs = knowledge_inputs(layout, lang, seeds)
         names = [p.name for p in shard_paths(layout.prepared(lang, "train"))]
         key = knowledge_key(inputs, params.export)
-        plans.append(LanguageExport(lang, cache.entry(lang), key, inputs, names, layout))
+        plans.append(LanguageExport(lang, cache.entry(lang), key, inputs, names, layout, seeds))
     return sorted(plans, key=lambda p: p.lang)
 
 

@@ -5,6 +5,7 @@ One place for paths keeps ``dvc.yaml`` outs and the code from drifting apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,16 @@ class Layout:
         return self.root / "data" / "encoders"
 
     def teacher(self, lang: str) -> Path:
+        """The teacher of ``lang`` (of an ensemble: its first member)."""
         return self.root / "models" / "teachers" / lang
+
+    def teacher_members(self, lang: str, seeds: Sequence[int]) -> list[Path]:
+        """Every member of ``lang``'s teacher ensemble: the first in :meth:`teacher`, the others
+        in its ``members/seed-<s>/`` (so a single teacher keeps the one-teacher layout)."""
+        return [
+            self.teacher(lang),
+            *(self.teacher(lang) / "members" / f"seed-{s}" for s in seeds[1:]),
+        ]
 
     def knowledge(self, lang: str) -> Path:
         return self.root / "knowledge" / lang

@@ -523,3 +523,46 @@ def student_loss(
         return kd
     gold = _batch_gold_nll(method, crf, student_emissions, batch, log_z)
     return total_loss(kd, gold, lam)
+
+
+def _select(batch: Mapping[str, Tensor] | Any, rows: Tensor) -> Mapping[str, Tensor] | Any:
+    """Sentences ``rows`` of a batch (a mapping of tensors, or a ``Batch``)."""
+    if isinstance(batch, Mapping):
+        return {name: value[rows.to(value.device)] for name, value in batch.items()}
+    return batch.select(rows)
+
+
+def sentence_weighted_loss(
+    method: Method,
+    crf: CRF,
+    student_emissions: Tensor,
+    batch: Mapping[str, Tensor] | Any,
+    *,
+    lams: Tensor,
+    temperature: float = 1.0,
+    mixture: Mixture = "sum",
+) -> Tensor:
+    """``1/B · Σ_b [λ_b·L_KD(b) + (1−λ_b)·L_gold(b)]``: :func:`student_loss` with a λ per sentence.
+
+    Every loss is a sum over sentences divided by B, so the sentences sharing a λ are one
+    :func:`student_loss` call, weighted by their share of the batch; a sentence with λ_b = 0 is
+    trained on its gold labels alone (trust per language gives a useless teacher no say).
+
+    Args:
+        lams: ``(B,)`` the λ of every sentence.
+    """
+    total = student_emissions.new_zeros(())
+    values = lams.detach().cpu().double()
+    for lam in torch.unique(values).tolist():
+        rows = torch.nonzero(values == lam).flatten()
+        part = student_loss(
+            method,
+            crf,
+            student_emissions[rows.to(student_emissions.device)],
+            _select(batch, rows),
+            lam=lam,
+            temperature=temperature,
+            mixture=mixture,
+        )
+        total = total + part * (len(rows) / len(values))
+    return total

@@ -122,12 +122,22 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class TeacherParams(TrainParams):
-    """A monolingual teacher: shared features plus its own word and character embeddings."""
+    """A monolingual teacher: shared features plus its own word and character embeddings.
+
+    ``ensemble`` trains that many members per language, with seeds ``seed, seed + 1, ...``; their
+    knowledge is exported as the exact mixture (:mod:`structkd.pipeline.ensemble`).
+    """
 
     word_dim: int = 64
     char_dim: int = 24
     char_hidden: int = 48
     min_word_count: int = 1
+    ensemble: int = 1
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The members' seeds, the first one ``seed`` (a single teacher is member 0 alone)."""
+        return tuple(self.seed + i for i in range(self.ensemble))
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,12 @@ class ExportParams:
 
 @dataclass(frozen=True)
 class StudentParams(TrainParams):
-    """The multilingual student and its distillation settings (paper §3-4)."""
+    """The multilingual student and its distillation settings (paper §3-4).
+
+    ``trust: dev`` scales each language's KD weight by how much its teacher beats the student on
+    that language's dev set, ``clip((teacher − student) / trust_margin, 0, 1)`` (points),
+    measured at the start of every epoch (epoch 0: 1); ``none`` distils every language at λ.
+    """
 
     methods: tuple[Method, ...] = METHODS
     hidden: int = 256
@@ -153,6 +168,8 @@ class StudentParams(TrainParams):
     anneal_rate: float = 5.0
     mixture: Literal["sum", "mean"] = "sum"
     shuffle_buffer: int = 2000
+    trust: Literal["none", "dev"] = "none"
+    trust_margin: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -266,6 +283,10 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
                     raise ConfigError(
                         f"{source}: data.{group}.{lang}.{split}_limit must be a positive integer"
                     )
+    if params.teacher.ensemble < 1:
+        raise ConfigError(f"{source}: teacher.ensemble must be >= 1 (teachers per language)")
+    if not params.student.trust_margin > 0:
+        raise ConfigError(f"{source}: student.trust_margin must be > 0 (points of dev score)")
     for lang, spec in params.data.zero_shot.items():
         if spec.test is None:
             raise ConfigError(f"{source}: data.zero_shot.{lang} has no test split")

@@ -16,8 +16,9 @@ with the task's label set and enough k-best paths.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,16 @@ from structkd.errors import StructkdError
 from structkd.pipeline import distributed
 from structkd.pipeline.batching import Batch, DistillationStream
 from structkd.pipeline.crf import CRF
-from structkd.pipeline.data import shard_paths
+from structkd.pipeline.data import Split, shard_paths
 from structkd.pipeline.embed import features_encoder
-from structkd.pipeline.evaluation import load_splits
+from structkd.pipeline.evaluation import evaluate_splits, load_splits
 from structkd.pipeline.export_teachers import knowledge_cache, knowledge_inputs, knowledge_key
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
-from structkd.pipeline.losses import KD_METHODS, lambda_at, student_loss
+from structkd.pipeline.losses import KD_METHODS, lambda_at, sentence_weighted_loss, student_loss
 from structkd.pipeline.metrics import headline
 from structkd.pipeline.models import Tagger, TaggerConfig
-from structkd.pipeline.params import ExportParams, Method, Params, StudentParams
+from structkd.pipeline.params import Method, Params, StudentParams
 from structkd.pipeline.predictor import encoder_settings
 from structkd.pipeline.training import run_fingerprint, train_tagger
 from structkd.storage.cache import CacheEntry
@@ -47,30 +48,25 @@ from structkd.storage.stream import LanguageShards
 
 
 def training_sources(
-    layout: Layout,
-    langs: Sequence[str],
-    labels: LabelSet,
-    method: Method,
-    k: int,
-    export: ExportParams,
+    layout: Layout, params: Params, labels: LabelSet, method: Method
 ) -> tuple[list[LanguageShards], dict[str, str]]:
     """Shards of every teacher language, and the cache key of the knowledge each one uses.
 
-    Args:
-        export: the export settings, part of the knowledge key the student expects.
+    ``params`` gives the languages, the student's ``k`` and what the knowledge key the student
+    expects is made of (the teachers' members, the export settings).
 
     Raises:
         StructkdError: knowledge missing, stale (its teacher, corpus, features or the export
             settings changed since the export), partial or corrupt; made with another label
             set; or holding fewer paths than the student's ``k``.
     """
-    columns = KD_METHODS[method].columns
+    columns, k = KD_METHODS[method].columns, params.student.k
     cache = knowledge_cache(layout)
     sources, keys = [], {}
-    for lang in langs:
+    for lang in params.data.languages:
         knowledge = None
         if columns:
-            knowledge = current_knowledge(cache.entry(lang), lang, layout, export)
+            knowledge = current_knowledge(cache.entry(lang), lang, layout, params)
             meta = KnowledgeMeta.from_metadata(shard_metadata(knowledge[0]))
             if tuple(meta.labels) != labels.labels:
                 raise StructkdError(
@@ -94,15 +90,14 @@ def training_sources(
     return sources, keys
 
 
-def current_knowledge(
-    entry: CacheEntry, lang: str, layout: Layout, export: ExportParams
-) -> list[Path]:
-    """The knowledge shards of ``lang`` if they were made from today's teacher and inputs.
+def current_knowledge(entry: CacheEntry, lang: str, layout: Layout, params: Params) -> list[Path]:
+    """The knowledge shards of ``lang`` if they were made from today's teachers and inputs.
 
     Raises:
         StructkdError: stale (one line naming ``lang``), or not a verified hit.
     """
-    key = knowledge_key(knowledge_inputs(layout, lang), export)
+    inputs = knowledge_inputs(layout, lang, params.teacher.seeds)
+    key = knowledge_key(inputs, params.export)
     diagnosis = entry.diagnose(key)
     if diagnosis.status == "stale":
         raise StructkdError(
@@ -113,12 +108,71 @@ def current_knowledge(
     return entry.hit_shards(diagnosis)
 
 
+def trust_weight(teacher_dev: float, student_dev: float, margin: float) -> float:
+    """A language's factor of λ: ``clip((teacher_dev − student_dev) / margin, 0, 1)``."""
+    return min(1.0, max(0.0, (teacher_dev - student_dev) / margin))
+
+
+def teacher_dev_scores(
+    layout: Layout, langs: Sequence[str], seeds: Sequence[int]
+) -> dict[str, float]:
+    """Each teacher's dev score from its ``metrics.json``; of an ensemble, its members' mean.
+
+    Raises:
+        StructkdError: a teacher's metrics are missing or unreadable.
+    """
+    scores = {}
+    for lang in langs:
+        members = []
+        for member in layout.teacher_members(lang, seeds):
+            path = member / "metrics.json"
+            try:
+                members.append(headline(json.loads(path.read_text(encoding="utf-8"))["dev"]))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StructkdError(
+                    f"{path}: no teacher dev score ({exc}); student.trust: dev needs the "
+                    "teachers' metrics (run `structkd stage train-teacher`)"
+                ) from None
+        scores[lang] = sum(members) / len(members)
+    return scores
+
+
+@dataclass
+class Trust:
+    """Trust per language: λ scaled by how much each teacher beats the student on its dev set.
+
+    The weights of epoch e come from the student as it starts the epoch (the model of epoch
+    e − 1; a resumed run reloads exactly that one, so it measures the same weights); before the
+    first epoch there is no student to measure and every weight is 1.
+    """
+
+    model: Tagger
+    dev: Mapping[str, Split]
+    teacher_dev: Mapping[str, float]
+    margin: float
+    _weights: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def weights(self, epoch: int) -> dict[str, float]:
+        """``{lang: w_l}`` of ``epoch`` (measured once per epoch)."""
+        if epoch not in self._weights:
+            if epoch == 0:
+                self._weights[epoch] = dict.fromkeys(self.dev, 1.0)
+            else:
+                scores = evaluate_splits(self.model, self.dev)
+                self._weights[epoch] = {
+                    lang: trust_weight(self.teacher_dev[lang], headline(scores[lang]), self.margin)
+                    for lang in self.dev
+                }
+        return self._weights[epoch]
+
+
 @dataclass(frozen=True)
 class StudentObjective:
     """``λ·L_KD + (1−λ)·L_gold`` over the distillation stream of every teacher language.
 
     ``net`` computes emissions (the tagger, or its DistributedDataParallel wrapper). ``lam``
     None anneals λ as the paper (:func:`lambda_at`); a number fixes it (the benchmark).
+    ``trust`` scales λ per language (``student.trust: dev``); None gives every language λ.
     """
 
     net: torch.nn.Module
@@ -127,8 +181,10 @@ class StudentObjective:
     method: Method
     cfg: StudentParams
     lam: float | None = None
+    trust_by_language: Trust | None = None
 
     def batches(self, epoch: int) -> Iterator[Batch]:
+        self.trust(epoch)  # measured before the epoch's first step changes the student
         self.stream.set_epoch(epoch)
         return iter(self.stream)
 
@@ -142,15 +198,35 @@ class StudentObjective:
     def loss_from(self, emissions: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor:
         """The loss of a batch given its emissions (the stream already kept ``cfg.k`` paths)."""
         cfg = self.cfg
-        return student_loss(
+        lam = lambda_at(epoch, cfg.anneal_rate) if self.lam is None else self.lam
+        weights = self.trust(epoch)
+        if not weights:
+            return student_loss(
+                self.method,
+                self.crf,
+                emissions,
+                batch,
+                lam=lam,
+                temperature=cfg.temperature,
+                mixture=cfg.mixture,
+            )
+        assert batch.lang is not None  # streamed batches know each sentence's language
+        factors = torch.tensor([weights[lang] for lang in self.stream.langs], dtype=torch.float64)
+        return sentence_weighted_loss(
             self.method,
             self.crf,
             emissions,
             batch,
-            lam=lambda_at(epoch, cfg.anneal_rate) if self.lam is None else self.lam,
+            lams=lam * factors[batch.lang.cpu()],
             temperature=cfg.temperature,
             mixture=cfg.mixture,
         )
+
+    def trust(self, epoch: int) -> dict[str, float]:
+        """Each language's factor of λ in ``epoch`` (empty without trust or KD)."""
+        if self.trust_by_language is None or KD_METHODS[self.method].kd is None:
+            return {}
+        return self.trust_by_language.weights(epoch)
 
     def kd_weight(self, epoch: int) -> float:
         """λ of an epoch as recorded in the history (0 for the baseline, which has no KD term)."""
@@ -191,7 +267,7 @@ def train_student(
     cfg = params.student
     labels = LabelSet.load(layout.labels)
     langs = list(params.data.languages)
-    sources, knowledge_keys = training_sources(layout, langs, labels, method, cfg.k, params.export)
+    sources, knowledge_keys = training_sources(layout, params, labels, method)
     stream = student_stream(sources, method, cfg)
     dev, test = load_splits(layout, langs, "dev"), load_splits(layout, langs, "test")
     config = TaggerConfig(
@@ -207,9 +283,13 @@ def train_student(
     torch.manual_seed(cfg.seed)
     model = Tagger(config, labels)
     net, join = distributed.wrap(model)
+    trust = None
+    if cfg.trust == "dev" and KD_METHODS[method].kd is not None:
+        teacher_dev = teacher_dev_scores(layout, langs, params.teacher.seeds)
+        trust = Trust(model, dev, teacher_dev, cfg.trust_margin)
     return train_tagger(
         model,
-        StudentObjective(net, model.crf, stream, method, cfg),
+        StudentObjective(net, model.crf, stream, method, cfg, trust_by_language=trust),
         params=cfg,
         dev=dev,
         test=test,

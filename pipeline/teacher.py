@@ -1,13 +1,14 @@
 """Teacher: the monolingual BiLSTM-CRF of one language (core of ``train-teacher LANG``).
 
 Reads ``data/prepared/<lang>`` and ``data/features/<lang>``; writes ``models/teachers/<lang>/``
-(config.json, model.safetensors, labels.json, checkpoint.pt, history.csv, metrics.json).
+(config.json, model.safetensors, labels.json, checkpoint.pt, history.csv, metrics.json) and, for
+an ensemble (``teacher.ensemble`` > 1), every further member in ``members/seed-<s>/``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -44,6 +45,9 @@ class TeacherObjective:
     def kd_weight(self, epoch: int) -> float:
         return 0.0
 
+    def trust(self, epoch: int) -> dict[str, float]:
+        return {}
+
     def summary(
         self, dev: dict[str, dict[str, float]], test: dict[str, dict[str, float]]
     ) -> dict[str, Any]:
@@ -53,7 +57,8 @@ class TeacherObjective:
 def run(
     params: Params, layout: Layout, lang: str, *, resume: bool = False, where: str = "params.yaml"
 ) -> str:
-    """Train the teacher of ``lang``; returns its one-line result (dev and test score).
+    """Train every member of the teacher of ``lang``; returns one line with each member's dev and
+    test score (and their mean, for an ensemble).
 
     Raises:
         ConfigError: ``lang`` is not a teacher language (``where``: the params file named).
@@ -78,19 +83,29 @@ def run(
         char_hidden=cfg.char_hidden,
         extra=encoder_settings(params.embed, features_encoder(layout, lang)),  # for `predict`
     )
-    torch.manual_seed(cfg.seed)
-    model = Tagger(config, labels)
-    metrics = train_tagger(
-        model,
-        TeacherObjective(model, train, cfg, lang),
-        params=cfg,
-        dev=dev,
-        test=test,
-        out=layout.teacher(lang),
-        fingerprint=run_fingerprint(cfg, labels.digest(), len(train)),
-        resume=resume,
-        desc=f"teacher {lang}",
-    )
-    assert metrics is not None  # one process: always the main one
-    dev_score, test_score = headline(metrics["dev"]), headline(metrics["test"])
-    return f"teacher {lang}: dev {dev_score:.2f} test {test_score:.2f}"
+    members = layout.teacher_members(lang, cfg.seeds)
+    (layout.teacher(lang) / "members").mkdir(parents=True, exist_ok=True)  # a dvc out, even empty
+    lines, scores = [], []
+    for seed, out in zip(cfg.seeds, members, strict=True):
+        member = replace(cfg, seed=seed)
+        torch.manual_seed(seed)
+        model = Tagger(config, labels)
+        desc = f"teacher {lang}" + (f" seed {seed}" if len(members) > 1 else "")
+        metrics = train_tagger(
+            model,
+            TeacherObjective(model, train, member, lang),
+            params=member,
+            dev=dev,
+            test=test,
+            out=out,
+            fingerprint=run_fingerprint(member, labels.digest(), len(train)),
+            resume=resume,
+            desc=desc,
+        )
+        assert metrics is not None  # one process: always the main one
+        scores.append((headline(metrics["dev"]), headline(metrics["test"])))
+        lines.append(f"{desc}: dev {scores[-1][0]:.2f} test {scores[-1][1]:.2f}")
+    if len(members) > 1:
+        dev_mean, test_mean = (sum(s) / len(s) for s in zip(*scores, strict=True))
+        lines.append(f"teacher {lang} members' mean: dev {dev_mean:.2f} test {test_mean:.2f}")
+    return "\n".join(lines)

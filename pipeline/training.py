@@ -48,15 +48,17 @@ class EpochRecord:
     lr: float
     kd_weight: float
     seconds: float
+    trust: str = ""
 
 
 def run_fingerprint(params: TrainParams, *extra: object) -> str:
     """What a checkpoint must match to be resumed: settings that change the trajectory.
 
     ``max_epochs`` and ``patience`` only decide when to stop, so a run may be resumed with more;
-    ``threads`` does not change the result.
+    ``threads`` does not change the result, nor does a teacher's ``ensemble`` (how many members
+    are trained) change any one member.
     """
-    ignored = ("max_epochs", "patience", "threads")
+    ignored = ("max_epochs", "patience", "threads", "ensemble")
     settings = {k: v for k, v in asdict(params).items() if k not in ignored}
     text = json.dumps([settings, *extra], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -98,6 +100,7 @@ def fit(
     resume: bool = False,
     fingerprint: str = "",
     kd_weight: Callable[[int], float] = lambda epoch: 0.0,
+    trust: Callable[[int], Mapping[str, float]] = lambda epoch: {},
     desc: str = "train",
     join: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     main_process: bool = True,
@@ -115,6 +118,7 @@ def fit(
         resume: continue from ``out_dir/checkpoint.pt`` if present.
         fingerprint: identifies the run's settings; resuming a different run is refused.
         kd_weight: the distillation weight λ of an epoch, recorded in the history.
+        trust: the per-language factors of λ in an epoch (``student.trust``), recorded too.
         desc: progress-bar label.
         join: context around an epoch's batches (DDP's ``join`` for uneven batch counts).
         main_process: only the main process writes checkpoints, models and the history.
@@ -176,6 +180,7 @@ def fit(
             lr=optimizer.param_groups[0]["lr"],
             kd_weight=kd_weight(epoch),
             seconds=time.perf_counter() - began,
+            trust=" ".join(f"{lang}={w:.3f}" for lang, w in trust(epoch).items()),
         )
         history.append(record)
         if score > best:
@@ -237,6 +242,10 @@ class Objective(Protocol):
         """The distillation weight λ of an epoch (0 without distillation)."""
         ...
 
+    def trust(self, epoch: int) -> Mapping[str, float]:
+        """Each language's factor of λ in an epoch (empty when every language gets λ)."""
+        ...
+
     def summary(
         self, dev: dict[str, dict[str, float]], test: dict[str, dict[str, float]]
     ) -> dict[str, Any]:
@@ -276,6 +285,7 @@ def train_tagger(
         resume=resume,
         fingerprint=fingerprint,
         kd_weight=objective.kd_weight,
+        trust=objective.trust,
         desc=desc,
         join=join,
         main_process=main_process,

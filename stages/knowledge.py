@@ -26,6 +26,7 @@ def show(
     """Schema, metadata and counts of a knowledge shard; optionally one sentence's top-k paths."""
     import numpy as np
 
+    from structkd.pipeline.export_teachers import teacher_members
     from structkd.storage.arrays import KnowledgeArrays
     from structkd.storage.schemas import KnowledgeMeta
     from structkd.storage.shards import read_shard, shard_metadata
@@ -42,6 +43,18 @@ def show(
         f"  cache key {meta.cache_key[:16]}…  inputs: "
         + ", ".join(f"{k}={v[:12]}" for k, v in sorted(meta.digests.items()))
     )
+    if "teacher" in meta.digests:  # knowledge made outside the export records no inputs
+        members = teacher_members(meta.digests)
+        typer.echo(
+            f"  teachers: {len(members)}"
+            + (
+                " (their exact mixture; path scores are log-probabilities, log Z 0)"
+                if len(members) > 1
+                else ""
+            )
+            + ": "
+            + ", ".join(f"teacher{tag} {meta.digests[f'teacher{tag}'][:12]}" for tag in members)
+        )
     typer.echo("  schema:")
     for field in table.schema:
         typer.echo(f"    {field.name}: {field.type}")

@@ -19,7 +19,8 @@ def main(
     params_path: ParamsPath = Path("params.yaml"),
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
 ) -> None:
-    """Train the teacher of LANG on its own language: shared features + own word/char embeddings."""
+    """Train the teacher of LANG (every member of an ensemble) on its own language: shared
+    features + own word/char embeddings."""
     from structkd.pipeline import teacher
 
     params, layout = open_project(params_path)

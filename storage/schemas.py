@@ -253,7 +253,8 @@ class KnowledgeMeta:
 
     Attributes:
         labels: label list; ids in ``topk_tags`` index it.
-        transitions: ``(n_tags, n_tags)``, ``transitions[i, j]`` scores moving from i to j.
+        transitions: ``(n_tags, n_tags)``, ``transitions[i, j]`` scores moving from i to j
+            (of a teacher ensemble: its first member's CRF; the columns hold the mixture's).
         start: ``(n_tags,)`` start scores.  end: ``(n_tags,)`` end scores.
         k: k-best size K.
         cache_key: content key of the cache entry (storage.cache.cache_key).

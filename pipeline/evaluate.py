@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from structkd.pipeline.evaluation import evaluate_splits, load_splits
+from structkd.pipeline.evaluation import (
+    evaluate_ensemble,
+    evaluate_split,
+    evaluate_splits,
+    load_splits,
+)
 from structkd.pipeline.layout import Layout
 from structkd.pipeline.metrics import headline
 from structkd.pipeline.models import load_tagger
@@ -41,8 +46,9 @@ def score_models(params: Params, layout: Layout, echo: Callable[[str], None] = p
     """Headline test score of each teacher and student method per language.
 
     Teachers are scored on their own language; on a zero-shot language the Teachers row is the
-    mean over all teachers. A teacher ensemble counts as the mean of its members' scores (each
-    member is a teacher of its own; the mixture is distilled, not decoded).
+    mean over all teachers. A teacher ensemble is decoded as the mixture it is distilled as
+    (:func:`~structkd.pipeline.evaluation.predict_split_ensemble`); with more than one member
+    the ``Members`` row adds the mean of its members' own scores.
     """
     langs, zero_shot = list(params.data.languages), list(params.data.zero_shot)
     tests = load_splits(layout, langs + zero_shot, "test")
@@ -50,15 +56,25 @@ def score_models(params: Params, layout: Layout, echo: Callable[[str], None] = p
         lang: [load_tagger(d) for d in layout.teacher_members(lang, params.teacher.seeds)]
         for lang in langs
     }
-    own = {
-        lang: [headline(evaluate_splits(m, {lang: tests[lang]})[lang]) for m in members]
-        for lang, members in teachers.items()
+    k = params.export.k
+    own = {lang: headline(evaluate_ensemble(teachers[lang], tests[lang], k)) for lang in langs}
+    zero = {
+        lang: [headline(evaluate_ensemble(m, tests[lang], k)) for m in teachers.values()]
+        for lang in zero_shot
     }
-    scores: Table = {"Teachers": {lang: sum(s) / len(s) for lang, s in own.items()}}
-    zero = {lang: tests[lang] for lang in zero_shot}
-    per_teacher = [evaluate_splits(m, zero) for members in teachers.values() for m in members]
-    for lang in zero_shot:
-        scores["Teachers"][lang] = sum(headline(s[lang]) for s in per_teacher) / len(per_teacher)
+    scores: Table = {"Teachers": {**own, **{lang: sum(s) / len(s) for lang, s in zero.items()}}}
+    if params.teacher.ensemble > 1:
+        singles = [m for members in teachers.values() for m in members]
+        mean_own = {
+            lang: sum(headline(evaluate_split(m, tests[lang])) for m in teachers[lang])
+            / len(teachers[lang])
+            for lang in langs
+        }
+        mean_zero = {
+            lang: sum(headline(evaluate_split(m, tests[lang])) for m in singles) / len(singles)
+            for lang in zero_shot
+        }
+        scores["Members"] = {**mean_own, **mean_zero}
     for method in params.student.methods:
         student = load_tagger(layout.student(method))
         scores[method] = {lang: headline(s) for lang, s in evaluate_splits(student, tests).items()}
@@ -79,8 +95,9 @@ def report(params: Params, table: Table) -> str:
     if params.teacher.ensemble > 1:
         intro += (
             f" Each teacher is an ensemble of {params.teacher.ensemble} (seeds "
-            f"{', '.join(map(str, params.teacher.seeds))}): its row is the members' mean, its "
-            "knowledge their exact mixture."
+            f"{', '.join(map(str, params.teacher.seeds))}), distilled as their exact mixture "
+            "and decoded as it (the union of the members' k-best, ranked by the mixture); "
+            "the Members row is the mean of the members' own scores."
         )
     lines = [
         f"# Results: {params.data.task}",

@@ -15,12 +15,15 @@ from safetensors.torch import load_file
 
 from structkd.pipeline import crf_kernels
 from structkd.pipeline.crf import CRF
+from structkd.pipeline.data import Split
 from structkd.pipeline.ensemble import TeacherKnowledge, mix, path_log_probs, teacher_knowledge
+from structkd.pipeline.evaluation import predict_split, predict_split_ensemble
 from structkd.pipeline.export import ShardJob, export_shard, teacher_emissions
 from structkd.pipeline.export_teachers import knowledge_inputs, plan_export
+from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import open_project
 from structkd.pipeline.losses import emission_kd, posterior_kd, structural_kd, topwk_kd
-from structkd.pipeline.models import load_tagger
+from structkd.pipeline.models import Tagger, TaggerConfig, load_tagger
 from structkd.storage import ragged
 from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
 from structkd.storage.schemas import FeaturesMeta, KnowledgeMeta
@@ -382,3 +385,38 @@ def test_an_ensemble_is_trained_exported_as_the_mixture_and_distilled(
     assert "teachers: 2 (their exact mixture" in shown and "teacher@seed-4" in shown
     cli("stage", "train-student", "posterior", "--params", str(params_path))
     cli("stage", "train-student", "topwk", "--params", str(params_path))
+
+
+def test_an_ensemble_decodes_to_the_mixtures_most_probable_path() -> None:
+    """With every path in the members' k-best, the decoded path is the mixture's exact MAP path
+    (by enumeration); a single member decodes by its own Viterbi."""
+    torch.manual_seed(0)
+    labels = LabelSet(("A", "B", "C"))
+    taggers = [Tagger(TaggerConfig(feature_dim=4, n_tags=3, hidden=4), labels) for _ in range(3)]
+    rng = np.random.default_rng(5)
+    lengths = [3, 1, 4, 2]
+    split = Split(
+        lang="en",
+        name="test",
+        scheme="none",
+        sent_ids=np.arange(len(lengths)),
+        tokens=[["w"] * n for n in lengths],
+        tags=[rng.integers(0, 3, n) for n in lengths],
+        features=[rng.normal(size=(n, 4)).astype(np.float32) * 3 for n in lengths],
+    )
+    predicted = predict_split_ensemble(taggers, split, k=3**4)
+    for i, n in enumerate(lengths):
+        feats = torch.from_numpy(split.features[i])[None]
+        mask = torch.ones(1, n, dtype=torch.bool)
+        mixture: dict[tuple[int, ...], float] = {}
+        for tagger in taggers:
+            tagger.eval()
+            with torch.no_grad():
+                emissions = tagger.emissions(feats, mask)[0].double().numpy()
+            exact = brute_force(emissions, **tagger.crf.numpy_params())
+            for path, score in zip(exact.paths, exact.scores, strict=True):
+                mixture[path] = mixture.get(path, 0.0) + np.exp(score - exact.log_z) / 3
+        assert tuple(predicted[i].tolist()) == max(mixture, key=mixture.__getitem__)
+    single = predict_split_ensemble(taggers[:1], split, k=3)
+    viterbi = predict_split(taggers[0], split)
+    assert all(np.array_equal(a, b) for a, b in zip(single, viterbi, strict=True))

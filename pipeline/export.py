@@ -1,8 +1,9 @@
 """Run one teacher over one prepared shard and write its knowledge shard (README: knowledge shards).
 
 The teacher network computes emissions in torch; everything structured (log Z, marginals, edge
-marginals, exact k-best) comes from the numba kernels on the flat ragged arrays, in float64,
-with one forward-backward pass per shard; the shard is validated once, as stored.
+marginals summed per sentence, exact k-best) comes from the numba kernels on the flat ragged
+arrays, in float64, with one forward-backward pass per shard; the shard is validated once, as
+stored.
 One call is one dask task; it returns where its time went so the benchmark can report it.
 """
 
@@ -108,8 +109,8 @@ def export_shard(job: ShardJob) -> ShardTiming:
         )
     crf = model.crf.numpy_params()
     kwargs = {"emissions": emissions, "offsets": ragged.offsets(lengths), **crf}
-    log_z, log_marginals, edges = crf_kernels.posteriors(
-        **kwargs, edges=job.settings.edge_marginals
+    log_z, log_marginals, edge_sums = crf_kernels.posteriors(
+        **kwargs, edge_sums=job.settings.edge_marginals
     )
     kbest_tags, kbest_scores, k_valid = crf_kernels.kbest(**kwargs, k=job.settings.k)
     kernels_done = time.perf_counter()
@@ -136,7 +137,7 @@ def export_shard(job: ShardJob) -> ShardTiming:
         k_valid=k_valid.astype(np.int16),
         log_marginals=log_marginals,
         emissions=emissions,
-        edge_marginals=edges,
+        edge_sums=edge_sums,
     )
     try:
         table = arrays.to_table(meta)  # validates, once, the values as stored

@@ -136,7 +136,7 @@ class ExportParams:
 
     k: int = 10
     marginals_dtype: Literal["float16", "float32"] = "float32"
-    emissions_dtype: Literal["float16", "float32"] = "float32"
+    emissions_dtype: Literal["float16", "float32"] = "float16"
     edge_marginals: bool = True
     workers: int = 2
 

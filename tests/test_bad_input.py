@@ -200,15 +200,16 @@ def student_fails(params: Path) -> str:
 
 
 def test_knowledge_shard_from_other_schema_version(project: Path) -> None:
-    """A shard written by another structkd version (its manifest entry is consistent)."""
+    """A shard written by another structkd version (its manifest entry is consistent): version
+    1's layout, per-position edge marginals, is refused by its version, never misread."""
     shard = project.parent / "knowledge" / "de" / "part-00002.parquet"
     table = pq.read_table(shard)
-    metadata = {**table.schema.metadata, b"schema_version": b"0"}
+    metadata = {**table.schema.metadata, b"schema_version": b"1"}
     rewrite_parquet(shard, table.replace_schema_metadata(metadata))
     rerecord(shard)
     line = student_fails(project)
     assert line == (
-        f"Error: {shard}: schema version 0, expected 1 "
+        f"Error: {shard}: schema version 1, expected 2 "
         "(written by another structkd version; rerun the stage that writes it)"
     )
 

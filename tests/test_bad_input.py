@@ -29,6 +29,9 @@ from robust_project import (
     spawn,
 )
 
+from structkd.storage.arrays import binary_array, binary_values
+from structkd.storage.schemas import FEATURE_DTYPE
+
 pytestmark = pytest.mark.slow  # builds a project and runs stages up to export
 
 
@@ -291,10 +294,11 @@ def test_nan_or_inf_in_teacher_emissions(project: Path) -> None:
     shard = root / "data" / "features" / "en" / "train" / "part-00001.parquet"
 
     def poison(table: pa.Table) -> pa.Table:
-        column = table.column("features").combine_chunks()
-        values = column.values.to_numpy(zero_copy_only=False).copy()
-        values[column.offsets.to_numpy()[3] + 5] = np.inf  # row 3 = sentence 8 + 3
-        poisoned = pa.ListArray.from_arrays(column.offsets, pa.array(values, pa.float16()))
+        column = table.column("features")
+        values, offsets = binary_values(column, FEATURE_DTYPE)
+        values = values.copy()
+        values[offsets[3] + 5] = np.inf  # row 3 = sentence 8 + 3
+        poisoned = binary_array(values, np.diff(offsets))
         return table.set_column(2, table.schema.field("features"), poisoned)
 
     rewrite_features(shard, poison)

@@ -46,7 +46,7 @@ class Batch:
             :attr:`DistillationStream.langs`.
         log_z: ``(B,)`` float64.  topk_tags: ``(B, K, N)`` long, -1 at padding and missing paths.
         topk_scores: ``(B, K)`` float32, -inf for missing paths.  k_valid: ``(B,)`` long.
-        log_marginals, emissions: ``(B, N, L)`` float32.  edge_marginals: ``(B, N-1, L, L)``.
+        log_marginals, emissions: ``(B, N, L)`` float32.  edge_sums: ``(B, L, L)`` float32.
     """
 
     features: torch.Tensor
@@ -63,7 +63,7 @@ class Batch:
     k_valid: torch.Tensor | None = None
     log_marginals: torch.Tensor | None = None
     emissions: torch.Tensor | None = None
-    edge_marginals: torch.Tensor | None = None
+    edge_sums: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> Batch:
         """The sentences ``rows`` (a ``(b,)`` long index) of the batch, padding kept as it is."""
@@ -135,7 +135,6 @@ class Padder:
         self.lengths = np.asarray(lengths, np.int64)
         self.k, self.n_tags = k, n_tags
         self._tokens = ragged.offsets(self.lengths)[:-1]
-        self._edges: np.ndarray | None = None
 
     def mask(self, rows: np.ndarray) -> np.ndarray:
         """``(B, N)`` bool: True at the real tokens of sentences ``rows``."""
@@ -163,16 +162,10 @@ class Padder:
         """A knowledge column of sentences ``rows`` in its padded shape, dtype and pad value."""
         n = self.lengths[rows]
         longest, dtype = int(n.max()), np.dtype(spec.batch_dtype)
-        if spec.axis in ("sentence", "path"):
+        if spec.axis in ("sentence", "path", "sentence_matrix"):
             return values[rows].astype(dtype)
         if spec.axis == "token":
             return self.tokens(values, rows, fill=spec.pad, dtype=dtype)
-        if spec.axis == "edge":
-            if self._edges is None:
-                self._edges = ragged.offsets(self.lengths - 1)[:-1]
-            return ragged.pad(
-                values, n - 1, self._edges[rows], width=longest - 1, fill=spec.pad, dtype=dtype
-            )
         # path_token: sentence i's k paths are k consecutive blocks of n_i tags
         k = self.k
         starts = (k * self._tokens[rows])[:, None] + np.arange(k)[None, :] * n[:, None]

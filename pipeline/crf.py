@@ -192,36 +192,38 @@ class CRF(nn.Module):
         return out.masked_fill(~mask.unsqueeze(2), 0.0)
 
     def expected_score(
-        self, emissions: Tensor, unary: Tensor, pairwise: Tensor, mask: Tensor
+        self, emissions: Tensor, unary: Tensor, edge_sums: Tensor, mask: Tensor
     ) -> Tensor:
         """Expected path score ``E_q[score(y)]`` under a teacher distribution q.
 
         With the student's log Z, ``log_partition - expected_score`` is the exact sequence-level
         cross-entropy ``-sum_y q(y) log p(y | x)`` of structural KD (arXiv 2010.05010): the score
-        factorises over tokens and edges, so q enters only through its marginals. Forbidden
-        entries contribute 0 (the teacher shares the constraints and gives them no mass).
+        is linear in the tag indicators and the transition counts, so q enters only through the
+        node marginals and the edge marginals summed over positions (the start and end terms
+        are the node marginals of the first and last tokens). Forbidden entries contribute 0
+        (the teacher shares the constraints and gives them no mass).
 
         Args:
             emissions: ``(batch, seq_len, n_tags)``.
             unary: ``(batch, seq_len, n_tags)`` probabilities q(y_t = j).
-            pairwise: ``(batch, seq_len - 1, n_tags, n_tags)`` probabilities,
-                ``pairwise[b, t, i, j] = q(y_t = i, y_{t+1} = j)`` (0-based t).
-            mask: ``(batch, seq_len)`` bool; padded entries of unary/pairwise are ignored.
+            edge_sums: ``(batch, n_tags, n_tags)``,
+                ``edge_sums[b, i, j] = sum_t q(y_t = i, y_{t+1} = j)`` over sentence b's edges.
+            mask: ``(batch, seq_len)`` bool; padded entries of unary are ignored.
 
         Returns:
             ``(batch,)``.
         """
         dtype = self._check(emissions, mask)
-        batch, seq_len, n_tags = emissions.shape
+        batch, _, n_tags = emissions.shape
         if unary.shape != emissions.shape:
             raise ValueError(
                 f"unary must have shape {tuple(emissions.shape)}, got {tuple(unary.shape)}"
             )
-        want = (batch, seq_len - 1, n_tags, n_tags)
-        if tuple(pairwise.shape) != want:
+        want = (batch, n_tags, n_tags)
+        if tuple(edge_sums.shape) != want:
             raise ValueError(
-                f"pairwise must have shape (batch, seq_len-1, n_tags, n_tags)={want}, "
-                f"got {tuple(pairwise.shape)}"
+                f"edge_sums must have shape (batch, n_tags, n_tags)={want}, "
+                f"got {tuple(edge_sums.shape)}"
             )
         trans = self.transitions.to(dtype).masked_fill(~self.allowed, 0.0)
         start = self.start.to(dtype).masked_fill(~self.start_allowed, 0.0)
@@ -233,10 +235,7 @@ class CRF(nn.Module):
         lens = mask.sum(1)
         last = unary.gather(1, (lens - 1).view(-1, 1, 1).expand(-1, 1, n_tags)).squeeze(1)
         total = total + (last * end).sum(1)
-        if seq_len > 1:
-            pair = (pairwise.to(dtype) * trans).sum((2, 3))
-            total = total + torch.where(mask[:, 1:], pair, 0.0).sum(1)
-        return total
+        return total + (edge_sums.to(dtype) * trans).sum((1, 2))
 
     @torch.no_grad()
     def decode(self, emissions: Tensor, mask: Tensor) -> Tensor:

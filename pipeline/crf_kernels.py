@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numba
 import numpy as np
@@ -58,12 +58,19 @@ class Posteriors(NamedTuple):
 
 
 class Marginals(NamedTuple):
-    """Everything one forward-backward pass gives: :class:`Posteriors` plus, when asked for,
-    ``edge_marginals (n_tokens - n_sents, n_tags, n_tags)`` probabilities (else None)."""
+    """What the export takes from one forward-backward pass: :class:`Posteriors` plus, when asked
+    for, ``edge_sums (n_sents, n_tags, n_tags)``: sentence b's edge marginals summed over its
+    positions, ``sum_t q(y_t = i, y_{t+1} = j | x)`` (all zero for a one-token sentence), else
+    None."""
 
     log_z: np.ndarray
     log_marginals: np.ndarray
-    edge_marginals: np.ndarray | None
+    edge_sums: np.ndarray | None
+
+
+EdgeMode = Literal["none", "positions", "sums"]
+"""Edge marginals a forward-backward pass returns: none, one matrix per position, or their
+per-sentence sum (computed in the kernel, never materialising the per-position ones)."""
 
 
 class ViterbiPaths(NamedTuple):
@@ -203,7 +210,7 @@ def _prepare(
 
 
 def _forward_backward(
-    p: _Prepared, want_edges: bool
+    p: _Prepared, edges: EdgeMode
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run the forward-backward kernel: ``(log_z, marg, edges, fast)`` (see the kernel)."""
     n_tokens, n_tags = p.emissions.shape
@@ -211,11 +218,12 @@ def _forward_backward(
     log_z = np.empty(n_sents)
     marg = np.empty((n_tokens, n_tags))
     eps = np.empty((n_tokens, n_tags))
-    edges = np.empty((n_tokens - n_sents if want_edges else 0, n_tags, n_tags))
+    rows = {"none": 0, "positions": n_tokens - n_sents, "sums": n_sents}[edges]
+    pairs = np.empty((rows, n_tags, n_tags))
     fast = np.empty(n_sents, dtype=np.bool_)
     with _threads_for(n_tokens):
-        forward_backward_kernel(*p, False, log_z, marg, eps, edges, fast)
-    return log_z, marg, edges, fast
+        forward_backward_kernel(*p, False, log_z, marg, eps, pairs, edges == "sums", fast)
+    return log_z, marg, pairs, fast
 
 
 def log_partition(
@@ -277,7 +285,7 @@ def forward_backward(
         ValueError: as ``log_partition``.
     """
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
-    return Posteriors(*_posteriors(p, edges=False)[:2])
+    return Posteriors(*_posteriors(p, edge_sums=False)[:2])
 
 
 def posteriors(
@@ -290,35 +298,36 @@ def posteriors(
     allowed: np.ndarray | None = None,
     start_allowed: np.ndarray | None = None,
     end_allowed: np.ndarray | None = None,
-    edges: bool = False,
+    edge_sums: bool = False,
 ) -> Marginals:
-    """Log Z, log marginals and (``edges=True``) edge marginals from one forward-backward pass.
+    """Log Z, log marginals and (``edge_sums=True``) summed edge marginals from one pass.
 
-    What an export needs at once: the values equal those of :func:`forward_backward` and
-    :func:`edge_marginals` bit for bit, at the cost of one pass instead of two.
+    What an export needs at once: log Z and log marginals equal :func:`forward_backward`'s bit
+    for bit; the sums equal those of :func:`edge_marginals` over each sentence's positions (up
+    to float64 summation order), without ever holding the (n - 1)·L² per-position values.
 
-    Args: as ``log_partition``; ``edges`` also returns the pairwise marginals.
+    Args: as ``log_partition``; ``edge_sums`` also returns the summed pairwise marginals.
 
     Returns:
-        ``Marginals(log_z, log_marginals, edge_marginals or None)`` as the two functions above.
+        ``Marginals(log_z, log_marginals, edge_sums or None)``.
 
     Raises:
         ValueError: as ``log_partition``.
     """
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
-    return _posteriors(p, edges=edges)
+    return _posteriors(p, edge_sums=edge_sums)
 
 
-def _posteriors(p: _Prepared, edges: bool) -> Marginals:
+def _posteriors(p: _Prepared, edge_sums: bool) -> Marginals:
     """One forward-backward pass, marginal probabilities turned into logs where still needed."""
-    log_z, marg, pairs, fast = _forward_backward(p, want_edges=edges)
+    log_z, marg, pairs, fast = _forward_backward(p, "sums" if edge_sums else "none")
     with np.errstate(divide="ignore"):  # log(0) = -inf is the intended "impossible"
         if fast.all():
             np.log(marg, out=marg)
         else:
             rows = np.repeat(fast, np.diff(p.offsets))
             marg[rows] = np.log(marg[rows])
-    return Marginals(log_z, marg, pairs if edges else None)
+    return Marginals(log_z, marg, pairs if edge_sums else None)
 
 
 def edge_marginals(
@@ -346,7 +355,7 @@ def edge_marginals(
         ValueError: as ``log_partition``.
     """
     p = _prepare(emissions, offsets, transitions, start, end, allowed, start_allowed, end_allowed)
-    return _forward_backward(p, want_edges=True)[2]
+    return _forward_backward(p, "positions")[2]
 
 
 def viterbi(

@@ -36,7 +36,8 @@ class TeacherKnowledge:
 
     Attributes:
         emissions, log_marginals: ``(n_tokens, L)`` float64.
-        log_z: ``(n_sents,)``.  edge_marginals: the kernels' edge layout, or None.
+        log_z: ``(n_sents,)``.  edge_sums: ``(n_sents, L, L)`` edge marginals summed over each
+            sentence's positions, or None.
         kbest_tags: ``(k * n_tokens,)``, path-major per sentence, -1 beyond ``k_valid``.
         kbest_scores: ``(n_sents, k)`` non-increasing, ``-inf`` beyond ``k_valid``.
         k_valid: ``(n_sents,)``.
@@ -47,7 +48,7 @@ class TeacherKnowledge:
     emissions: np.ndarray
     log_z: np.ndarray
     log_marginals: np.ndarray
-    edge_marginals: np.ndarray | None
+    edge_sums: np.ndarray | None
     kbest_tags: np.ndarray
     kbest_scores: np.ndarray
     k_valid: np.ndarray
@@ -59,10 +60,10 @@ def teacher_knowledge(
 ) -> TeacherKnowledge:
     """Exact knowledge of one CRF teacher from its emissions (forward-backward, list Viterbi)."""
     kwargs = {"emissions": emissions, "offsets": ragged.offsets(lengths), **crf}
-    log_z, log_marginals, edge_marginals = crf_kernels.posteriors(**kwargs, edges=edges)
+    log_z, log_marginals, edge_sums = crf_kernels.posteriors(**kwargs, edge_sums=edges)
     kbest_tags, kbest_scores, k_valid = crf_kernels.kbest(**kwargs, k=k)
     return TeacherKnowledge(
-        emissions, log_z, log_marginals, edge_marginals, kbest_tags, kbest_scores, k_valid, crf
+        emissions, log_z, log_marginals, edge_sums, kbest_tags, kbest_scores, k_valid, crf
     )
 
 
@@ -129,15 +130,15 @@ def mix(
         raise ValueError("every member of a mixture needs its CRF")
     log_w = _log_weights(weights, len(members))
     edges = None
-    if members[0].edge_marginals is not None:
+    if members[0].edge_sums is not None:
         w = np.exp(log_w)
-        edges = sum(wi * m.edge_marginals for wi, m in zip(w, members, strict=True))
+        edges = sum(wi * m.edge_sums for wi, m in zip(w, members, strict=True))
     tags, scores, k_valid = _mix_paths(members, np.asarray(lengths, np.int64), k, log_w)
     return TeacherKnowledge(
         emissions=_log_mix([_log_softmax(m.emissions) for m in members], log_w),
         log_z=np.zeros(len(lengths)),
         log_marginals=_log_mix([m.log_marginals for m in members], log_w),
-        edge_marginals=edges,
+        edge_sums=edges,
         kbest_tags=tags,
         kbest_scores=scores,
         k_valid=k_valid,

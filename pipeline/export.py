@@ -3,8 +3,9 @@ knowledge shard (README: knowledge shards); an ensemble's is the exact mixture
 (:func:`structkd.pipeline.ensemble.mix`).
 
 The teacher network computes emissions in torch; everything structured (log Z, marginals, edge
-marginals, exact k-best) comes from the numba kernels on the flat ragged arrays, in float64,
-with one forward-backward pass per shard; the shard is validated once, as stored.
+marginals summed per sentence, exact k-best) comes from the numba kernels on the flat ragged
+arrays, in float64, with one forward-backward pass per shard; the shard is validated once, as
+stored.
 One call is one dask task; it returns where its time went so the benchmark can report it.
 """
 
@@ -154,7 +155,7 @@ def export_shard(job: ShardJob) -> ShardTiming:
         k_valid=knowledge.k_valid.astype(np.int16),
         log_marginals=knowledge.log_marginals,
         emissions=knowledge.emissions,
-        edge_marginals=knowledge.edge_marginals,
+        edge_sums=knowledge.edge_sums,
     )
     try:
         table = arrays.to_table(meta)  # validates, once, the values as stored

@@ -131,11 +131,12 @@ def _forward_prob(em, lo, hi, et, es, ee, shifts, alpha, eps, store, a, p) -> fl
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _fb_prob(em, lo, hi, et, ett, es, ee, shifts, out, eps, a, p, edges, e_lo) -> float:
+def _fb_prob(em, lo, hi, et, ett, es, ee, shifts, out, eps, a, p, edges, e_lo, summed) -> float:
     """Scaled forward-backward for rows lo:hi; writes marginals (probabilities) to ``out[lo:hi]``.
 
-    ``eps`` is (n_tokens, L) scratch, ``a``/``p`` (L,) scratch; edge marginals go to
-    ``edges[e_lo : e_lo + n - 1]`` when ``edges`` has rows. Returns log Z or NaN.
+    ``eps`` is (n_tokens, L) scratch, ``a``/``p`` (L,) scratch. When ``edges`` has rows, edge
+    marginals go to ``edges[e_lo : e_lo + n - 1]``, or with ``summed`` are added over the
+    sentence's positions into ``edges[e_lo]`` (zeroed here). Returns log Z or NaN.
 
     Backward step for token t (``beta`` = normalised backward vector of t+1 on entry):
     ``w = eps_{t+1} * beta``, ``beta_t = et @ w`` (unnormalised, sum s); the marginal is
@@ -147,6 +148,8 @@ def _fb_prob(em, lo, hi, et, ett, es, ee, shifts, out, eps, a, p, edges, e_lo) -
     if np.isnan(log_z):
         return np.nan
     want_edges = edges.shape[0] > 0
+    if want_edges and summed:
+        edges[e_lo] = 0.0
     beta = a
     w = p
     for j in range(n_tags):
@@ -171,11 +174,17 @@ def _fb_prob(em, lo, hi, et, ett, es, ee, shifts, out, eps, a, p, edges, e_lo) -
             return np.nan
         inv = 1.0 / total
         if want_edges and row < hi - 1:
-            e = e_lo + row - lo
-            for i in range(n_tags):
-                ai = out[row, i] * inv
-                for j in range(n_tags):
-                    edges[e, i, j] = ai * et[i, j] * w[j]
+            if summed:
+                for i in range(n_tags):
+                    ai = out[row, i] * inv
+                    for j in range(n_tags):
+                        edges[e_lo, i, j] += ai * et[i, j] * w[j]
+            else:
+                e = e_lo + row - lo
+                for i in range(n_tags):
+                    ai = out[row, i] * inv
+                    for j in range(n_tags):
+                        edges[e, i, j] = ai * et[i, j] * w[j]
         inv_s = 1.0 / s
         bad = False
         for i in range(n_tags):
@@ -245,7 +254,7 @@ def _forward_log(em, lo, hi, trans, start, end, alpha, base) -> float:
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _fb_log(em, lo, hi, trans, start, end, out, work, edges, e_lo) -> float:
+def _fb_log(em, lo, hi, trans, start, end, out, work, edges, e_lo, summed) -> float:
     """Log-space forward-backward for rows lo:hi (same outputs as ``_fb_prob``, never NaN).
 
     ``work`` is (2, L) scratch (backward vector, emission-weighted backward vector). A sentence
@@ -254,10 +263,13 @@ def _fb_log(em, lo, hi, trans, start, end, out, work, edges, e_lo) -> float:
     n_tags = em.shape[1]
     log_z = _forward_log(em, lo, hi, trans, start, end, out, lo)
     want_edges = edges.shape[0] > 0
+    if want_edges:
+        if summed:
+            edges[e_lo] = 0.0
+        elif log_z == -np.inf:
+            edges[e_lo : e_lo + hi - lo - 1] = 0.0
     if log_z == -np.inf:
         out[lo:hi] = -np.inf
-        if want_edges:
-            edges[e_lo : e_lo + hi - lo - 1] = 0.0
         return log_z
     for j in range(n_tags):
         work[0, j] = end[j]
@@ -266,10 +278,11 @@ def _fb_log(em, lo, hi, trans, start, end, out, work, edges, e_lo) -> float:
         for j in range(n_tags):
             work[1, j] = em[row + 1, j] + work[0, j]
         if want_edges:
-            e = e_lo + row - lo
+            e = e_lo if summed else e_lo + row - lo
             for i in range(n_tags):
                 for j in range(n_tags):
-                    edges[e, i, j] = np.exp(out[row, i] + trans[i, j] + work[1, j] - log_z)
+                    v = np.exp(out[row, i] + trans[i, j] + work[1, j] - log_z)
+                    edges[e, i, j] = edges[e, i, j] + v if summed else v
         for i in range(n_tags):
             work[0, i] = _lse_row(work, 1, trans, i)
         for i in range(n_tags):
@@ -301,7 +314,7 @@ def log_partition_kernel(em, offsets, chunks, trans, start, end, force_log, log_
 
 @njit(cache=True, parallel=True)
 def forward_backward_kernel(
-    em, offsets, chunks, trans, start, end, force_log, log_z, marg, eps, edges, fast
+    em, offsets, chunks, trans, start, end, force_log, log_z, marg, eps, edges, summed, fast
 ) -> None:
     """Fill ``log_z (n_sents,)``, ``marg (n_tokens, L)``, ``edges`` and ``fast (n_sents,)``.
 
@@ -313,8 +326,10 @@ def forward_backward_kernel(
     the log with numpy's SIMD ``log``, ~4x cheaper than scalar calls here; fast-path values are
     >= 1e-280 or exactly 0, so nothing is lost), the other rows get *log* marginals (the
     log-space fallback, whose values may be far below float64's range as probabilities).
-    ``edges`` has n_tokens - n_sents rows, or 0 rows for none; sentence b's edge between its
-    tokens t and t+1 is row ``offsets[b] - b + t``.
+    ``edges`` has 0 rows for none; else, without ``summed``, n_tokens - n_sents rows (sentence
+    b's edge between its tokens t and t+1 is row ``offsets[b] - b + t``) and, with ``summed``,
+    n_sents rows (row b = sentence b's edge marginals summed over its positions, never holding
+    the per-position ones: the expected transition counts are all structural KD needs).
     """
     n_tags = em.shape[1]
     et, ett, es, ee, shifts, tame = prob_params(trans, start, end)
@@ -326,10 +341,11 @@ def forward_backward_kernel(
         for b in range(chunks[c], chunks[c + 1]):
             lo = offsets[b]
             hi = offsets[b + 1]
+            e = b if summed else lo - b
             z = np.nan
             if use_prob:
-                z = _fb_prob(em, lo, hi, et, ett, es, ee, shifts, marg, eps, a, p, edges, lo - b)
+                z = _fb_prob(em, lo, hi, et, ett, es, ee, shifts, marg, eps, a, p, edges, e, summed)
             fast[b] = not np.isnan(z)
             if np.isnan(z):
-                z = _fb_log(em, lo, hi, trans, start, end, marg, work, edges, lo - b)
+                z = _fb_log(em, lo, hi, trans, start, end, marg, work, edges, e, summed)
             log_z[b] = z

@@ -7,7 +7,7 @@ sentences B**, as in the paper (Wang et al., ACL 2020, arXiv 2004.03846) and the
 N tokens (padded), L tags, K k-best ranks.
 
 Padding is handled here, not trusted to the caller: padded positions of every input (student
-emissions, teacher log-marginals, emissions, edge marginals, tags) are replaced by constants
+emissions, teacher log-marginals, emissions, tags) are replaced by constants
 before any arithmetic, so whatever the pads hold (zeros, huge numbers, NaN) changes neither the
 losses nor their gradients.
 
@@ -235,7 +235,7 @@ def structural_kd(
     crf: CRF,
     student_emissions: Tensor,
     teacher_unary: Tensor,
-    teacher_edge_marginals: Tensor,
+    teacher_edge_sums: Tensor,
     mask: Tensor,
     *,
     log_z: Tensor | None = None,
@@ -244,24 +244,24 @@ def structural_kd(
 
     ``1/B · Σ_b [log Z_s(x_b) − E_{q_t}[score_s(y, x_b)]] = −1/B · Σ_b Σ_y p_t(y) log p_s(y)``:
     the full sequence-level cross-entropy, with no k-best approximation, because the student score
-    is linear in factors whose teacher expectations are the unary and edge marginals. There is
-    no temperature: this is the T = 1 objective, exact only because the teacher factors are the
-    consistent marginals of one sequence distribution (sentences whose value comes out below 0
-    from rounding of float16 marginals are clamped to 0, as the authors do).
+    is linear in factors whose teacher expectations are the unary marginals and the edge
+    marginals summed over positions (the expected transition counts). There is no temperature:
+    this is the T = 1 objective, exact only because the teacher factors are the consistent
+    marginals of one sequence distribution (sentences whose value comes out below 0 from
+    rounding of float16 marginals are clamped to 0, as the authors do).
 
     Args:
         crf: the student CRF.
         student_emissions: ``(B, N, L)``.
         teacher_unary: ``(B, N, L)`` teacher ``q(y_t = j)`` (probabilities, e.g.
             ``log_marginals.exp()``).
-        teacher_edge_marginals: ``(B, N-1, L, L)`` teacher ``q(y_t = a, y_{t+1} = b)``.
+        teacher_edge_sums: ``(B, L, L)`` teacher ``Σ_t q(y_t = a, y_{t+1} = b)`` per sentence.
         mask: ``(B, N)`` bool.
         log_z: optional shared student ``log Z (B,)`` (see :func:`gold_nll`).
     """
     emissions = _tokens(student_emissions, mask)
     unary = _tokens(teacher_unary.to(emissions.dtype), mask)
-    pairwise = _tokens(teacher_edge_marginals.to(emissions.dtype), mask[:, 1:])
-    expected = crf.expected_score(emissions, unary, pairwise, mask)
+    expected = crf.expected_score(emissions, unary, teacher_edge_sums, mask)
     per_sentence = _log_z(crf, emissions, mask, log_z) - expected
     return per_sentence.clamp_min(0).sum() / mask.shape[0]
 
@@ -413,8 +413,8 @@ def _pos_topwk(x: KDInputs) -> Tensor:
 
 def _structural(x: KDInputs) -> Tensor:
     unary = x.column("log_marginals").to(x.emissions.dtype).exp()
-    edges = x.column("edge_marginals")
-    return structural_kd(x.crf, x.emissions, unary, edges, x.mask, log_z=x.log_z)
+    edge_sums = x.column("edge_sums")
+    return structural_kd(x.crf, x.emissions, unary, edge_sums, x.mask, log_z=x.log_z)
 
 
 _PATHS: tuple[KnowledgeColumn, ...] = ("topk_tags", "k_valid")
@@ -442,7 +442,7 @@ KD_METHODS: Mapping[str, KDMethod] = _registry(
     ),
     KDMethod(
         "structural",
-        ("log_marginals", "edge_marginals"),
+        ("log_marginals", "edge_sums"),
         shares_log_z=True,
         uses_temperature=False,
         kd=_structural,
@@ -477,7 +477,7 @@ def distillation_loss(
     ``batch`` is a mapping (or an object with attributes) holding ``mask (B, N)`` bool, gold
     ``tags (B, N)`` and the knowledge columns ``KD_METHODS[method].columns`` as tensors:
     ``topk_tags (B, K, N)``, ``topk_scores (B, K)``, ``k_valid (B,)``, ``log_marginals (B, N, L)``,
-    ``emissions (B, N, L)`` (teacher), ``edge_marginals (B, N-1, L, L)``.
+    ``emissions (B, N, L)`` (teacher), ``edge_sums (B, L, L)``.
 
     For ``"baseline"`` the KD term *is* the gold NLL, so ``total_loss`` gives the gold NLL for
     every λ. ``temperature`` applies to the methods with ``uses_temperature`` (emission,

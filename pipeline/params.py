@@ -145,8 +145,8 @@ class ExportParams:
     """What each teacher writes into its knowledge shards."""
 
     k: int = 10
-    marginals_dtype: Literal["float16", "float32"] = "float32"
-    emissions_dtype: Literal["float16", "float32"] = "float32"
+    marginals_dtype: Literal["float16", "float32"] = "float16"
+    emissions_dtype: Literal["float16", "float32"] = "float16"
     edge_marginals: bool = True
     workers: int = 2
 

@@ -37,7 +37,7 @@ def show(
     lengths = np.asarray(arrays.lengths, np.int64)
     typer.echo(
         f"{path}\n  rows {table.num_rows}, tokens {int(lengths.sum())}, K {meta.k}, "
-        f"labels {meta.n_tags}, edge marginals {meta.edge_marginals}"
+        f"labels {meta.n_tags}, summed edge marginals {meta.edge_marginals}"
     )
     typer.echo(
         f"  cache key {meta.cache_key[:16]}…  inputs: "

@@ -24,6 +24,23 @@ DEFAULT_ROW_GROUP_ROWS = 1024
 """Sentences per row group: small enough to spread a shard over several stream consumers."""
 
 
+def _float_leaves(schema: pa.Schema) -> dict[str, str]:
+    """Column path -> leaf path of every float column (a float, or a list of floats).
+
+    Marginals and emissions are nearly all distinct: a dictionary page only inflates them (a
+    knowledge shard took 1.4x its plain size), while byte-stream-split puts the exponent bytes
+    together for zstd (8% smaller than plain at float32, and faster to write).
+    """
+    leaves: dict[str, str] = {}
+    for f in schema:
+        value, path = f.type, f.name
+        while pa.types.is_list(value):
+            value, path = value.value_type, f"{path}.list.element"
+        if pa.types.is_floating(value):
+            leaves[f.name] = path
+    return leaves
+
+
 def shard_name(index: int) -> str:
     """File name of shard ``index``: ``part-00007.parquet``."""
     return f"part-{index:05d}.parquet"
@@ -60,9 +77,16 @@ def write_table_atomic(
         {**decode_metadata(table.schema.metadata), **dict(metadata or {})}
     )
     table = table.replace_schema_metadata(schema.metadata)
+    floats = _float_leaves(schema)
+    options = {
+        "use_dictionary": [name for name in schema.names if name not in floats],
+        "column_encoding": dict.fromkeys(floats.values(), "BYTE_STREAM_SPLIT"),
+    }
 
     def write(f: BinaryIO) -> None:
-        with pq.ParquetWriter(f, schema, compression=compression, write_page_checksum=True) as w:
+        with pq.ParquetWriter(
+            f, schema, compression=compression, write_page_checksum=True, **options
+        ) as w:
             # one call per row group, so a failure can happen (and is handled) mid-file
             for start in range(0, table.num_rows, row_group_rows):
                 w.write_table(table.slice(start, row_group_rows))

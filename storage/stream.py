@@ -30,9 +30,10 @@ import pyarrow.parquet as pq
 
 from structkd.errors import ConfigError, InputError, StructkdError
 from structkd.storage import ragged
-from structkd.storage.arrays import list_values, read_knowledge
+from structkd.storage.arrays import binary_values, list_values, read_knowledge
 from structkd.storage.io import parquet_errors
 from structkd.storage.schemas import (
+    FEATURE_DTYPE,
     KNOWLEDGE_COLUMNS,
     FeaturesMeta,
     KnowledgeColumn,
@@ -69,7 +70,7 @@ class _Shard:
 _Unit = tuple[int, int, int]  # shard index, first row, stop row
 Chunk = dict[str, np.ndarray]
 """Flat numpy columns of consecutive sentences: ``lang``, ``sent_id``, ``lengths`` ``(n,)``,
-``tags`` ``(n_tokens,)``, ``features`` ``(n_tokens * dim,)`` and the knowledge columns read,
+``tags`` ``(n_tokens,)``, ``features`` ``(n_tokens * dim,)`` float16 and the knowledge columns read,
 laid out as in :class:`~structkd.storage.arrays.KnowledgeArrays` (with only K paths)."""
 
 
@@ -355,7 +356,7 @@ class ShardStream:
             "lengths": lengths,
             "tags": _ragged(batches[0], "tags", lengths, shard.paths[0], row, rows),
             "features": _ragged(
-                batches[1], "features", lengths * self.dim, shard.paths[1], row, rows
+                batches[1], "features", lengths * self.dim, shard.paths[1], row, rows, FEATURE_DTYPE
             ),
         }
         if self.knowledge_columns:
@@ -373,10 +374,18 @@ class ShardStream:
 
 
 def _ragged(
-    batch: pa.RecordBatch, name: str, sizes: np.ndarray, path: Path, row: int, rows: np.ndarray
+    batch: pa.RecordBatch,
+    name: str,
+    sizes: np.ndarray,
+    path: Path,
+    row: int,
+    rows: np.ndarray,
+    binary: np.dtype | None = None,
 ) -> np.ndarray:
-    """Flat values of list column ``name`` after checking every row has ``sizes`` values."""
-    values, offsets = list_values(batch.column(name))
+    """Flat values of list column ``name`` (a binary column of ``binary`` values, when given)
+    after checking every row has ``sizes`` values."""
+    column = batch.column(name)
+    values, offsets = list_values(column) if binary is None else binary_values(column, binary)
     got = np.diff(offsets)
     if not np.array_equal(got, sizes):
         j = int(np.flatnonzero(got != sizes)[0])

@@ -87,8 +87,8 @@ emissions = rng.normal(size=(7, 5))
 crf = {"transitions": rng.normal(size=(5, 5)), "start": rng.normal(size=5)}
 crf["end"] = rng.normal(size=5)
 kwargs = {"emissions": emissions, "offsets": np.array([0, 3, 7], np.int64), **crf}
-for edges in (False, True):
-    crf_kernels.posteriors(**kwargs, edges=edges)
+for edge_sums in (False, True):
+    crf_kernels.posteriors(**kwargs, edge_sums=edge_sums)
 crf_kernels.kbest(**kwargs, k=3)
 """
 

@@ -86,7 +86,14 @@ def project_params(
             "char_dim": 8,
             "char_hidden": 8,
         },
-        "export": {"k": 5, "edge_marginals": True, "workers": 1},
+        # float32: tests/test_export.py recomputes everything from the stored emissions
+        "export": {
+            "k": 5,
+            "marginals_dtype": "float32",
+            "emissions_dtype": "float32",
+            "edge_marginals": True,
+            "workers": 1,
+        },
         "student": {
             **train,
             "methods": list(methods),

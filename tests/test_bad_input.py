@@ -29,6 +29,9 @@ from robust_project import (
     spawn,
 )
 
+from structkd.storage.arrays import binary_array, binary_values
+from structkd.storage.schemas import FEATURE_DTYPE
+
 pytestmark = pytest.mark.slow  # builds a project and runs stages up to export
 
 
@@ -200,15 +203,16 @@ def student_fails(params: Path) -> str:
 
 
 def test_knowledge_shard_from_other_schema_version(project: Path) -> None:
-    """A shard written by another structkd version (its manifest entry is consistent)."""
+    """A shard written by another structkd version (its manifest entry is consistent): version
+    1's layout, per-position edge marginals, is refused by its version, never misread."""
     shard = project.parent / "knowledge" / "de" / "part-00002.parquet"
     table = pq.read_table(shard)
-    metadata = {**table.schema.metadata, b"schema_version": b"0"}
+    metadata = {**table.schema.metadata, b"schema_version": b"1"}
     rewrite_parquet(shard, table.replace_schema_metadata(metadata))
     rerecord(shard)
     line = student_fails(project)
     assert line == (
-        f"Error: {shard}: schema version 0, expected 1 "
+        f"Error: {shard}: schema version 1, expected 2 "
         "(written by another structkd version; rerun the stage that writes it)"
     )
 
@@ -290,10 +294,11 @@ def test_nan_or_inf_in_teacher_emissions(project: Path) -> None:
     shard = root / "data" / "features" / "en" / "train" / "part-00001.parquet"
 
     def poison(table: pa.Table) -> pa.Table:
-        column = table.column("features").combine_chunks()
-        values = column.values.to_numpy(zero_copy_only=False).copy()
-        values[column.offsets.to_numpy()[3] + 5] = np.inf  # row 3 = sentence 8 + 3
-        poisoned = pa.ListArray.from_arrays(column.offsets, pa.array(values, pa.float16()))
+        column = table.column("features")
+        values, offsets = binary_values(column, FEATURE_DTYPE)
+        values = values.copy()
+        values[offsets[3] + 5] = np.inf  # row 3 = sentence 8 + 3
+        poisoned = binary_array(values, np.diff(offsets))
         return table.set_column(2, table.schema.field("features"), poisoned)
 
     rewrite_features(shard, poison)

@@ -61,14 +61,10 @@ def test_padder_pads_and_unpads_every_column_kind():
         block = tags[k * offs[i] : k * offs[i + 1]].reshape(k, n[b])
         np.testing.assert_array_equal(paths[b, :, : n[b]], block)
         assert (paths[b, :, n[b] :] == -1).all()
-    edges = rng.random((n_tok - len(lengths), n_tags, n_tags))
-    padded_edges = padder.column(KNOWLEDGE_COLUMNS["edge_marginals"], edges, rows)
-    assert padded_edges.shape == (4, longest - 1, n_tags, n_tags)
-    e_offs = ragged.offsets(lengths - 1)
-    for b, i in enumerate(rows):
-        np.testing.assert_array_equal(
-            padded_edges[b, : n[b] - 1], edges[e_offs[i] : e_offs[i + 1]].astype(np.float32)
-        )
+    sums = rng.random((len(lengths), n_tags, n_tags))  # one matrix per sentence: no padding
+    padded_sums = padder.column(KNOWLEDGE_COLUMNS["edge_sums"], sums, rows)
+    assert padded_sums.shape == (4, n_tags, n_tags) and padded_sums.dtype == np.float32
+    np.testing.assert_array_equal(padded_sums, sums[rows].astype(np.float32))
     scores = rng.standard_normal((len(lengths), k)).astype(np.float32)
     np.testing.assert_array_equal(
         padder.column(KNOWLEDGE_COLUMNS["topk_scores"], scores, rows), scores[rows]

@@ -14,6 +14,7 @@ import pytest
 from structkd.errors import ConfigError, StructkdError
 from structkd.storage.cache import CacheEntry, KnowledgeCache, cache_key, content_digest, locked
 from structkd.storage.manifest import ShardRecord, read_manifest
+from structkd.storage.schemas import SCHEMA_VERSION
 from structkd.storage.shards import shard_name, write_table_atomic
 
 NAMES = [shard_name(i) for i in range(3)]
@@ -24,7 +25,9 @@ def write_shard(entry: CacheEntry, key: str, name: str, log: Path | None = None)
     """Stand-in for a teacher run: write one shard whose content depends on key and name."""
     values = np.frombuffer(f"{key}/{name}".encode(), np.uint8).astype(np.int64)
     table = pa.table({"sent_id": np.arange(len(values)), "value": values})
-    table = table.replace_schema_metadata({"schema_version": "1", "table": "knowledge"})
+    table = table.replace_schema_metadata(
+        {"schema_version": str(SCHEMA_VERSION), "table": "knowledge"}
+    )
     record = write_table_atomic(table, entry.shard_path(name))
     if log is not None:
         with open(log, "a") as f:
@@ -85,7 +88,7 @@ class TestKey:
         ]
         changed.append(cache_key(**DIGESTS, settings={"k": 5, "dtype": "float16"}))
         changed.append(
-            cache_key(**DIGESTS, settings={"k": 10, "dtype": "float16"}, schema_version=2)
+            cache_key(**DIGESTS, settings={"k": 10, "dtype": "float16"}, schema_version=1)
         )
         assert len({key, *changed}) == len(changed) + 1
 

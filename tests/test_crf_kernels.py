@@ -168,21 +168,23 @@ def test_table1_worked_example():
     np.testing.assert_allclose(edges[1, 2:4, 4:6], [[0.0440, 0.3956], [0.5275, 0.0330]], atol=5e-5)
 
 
-def _run_fb(batch, force_log):
+def _run_fb(batch, force_log, summed=False):
     em, off = batch["emissions"], batch["offsets"]
     n_tokens, n_tags = em.shape
     n_sents = off.size - 1
-    outs = (
-        np.empty(n_sents),
-        np.empty((n_tokens, n_tags)),
-        np.empty((n_tokens, n_tags)),
-        np.empty((n_tokens - n_sents, n_tags, n_tags)),
-        np.empty(n_sents, dtype=bool),
-    )
+    log_z, marg, eps = np.empty(n_sents), np.empty((n_tokens, n_tags)), np.empty((n_tokens, n_tags))
+    edges = np.full((n_sents if summed else n_tokens - n_sents, n_tags, n_tags), np.nan)
+    fast = np.empty(n_sents, dtype=bool)
     args = (em, off, np.array([0, n_sents]), batch["transitions"], batch["start"], batch["end"])
-    forward_backward_kernel(*args, force_log, *outs)
-    log_z, marg, _, edges, fast = outs
+    forward_backward_kernel(*args, force_log, log_z, marg, eps, edges, summed, fast)
     return log_z, marg, edges, fast
+
+
+def _per_sentence_sums(edges, offsets):
+    """Sentence b's per-position edge marginals summed (zeros for a one-token sentence)."""
+    lengths = np.diff(offsets)
+    first = np.cumsum(lengths - 1) - (lengths - 1)  # sentence b's edges: rows first[b] + 0..n-2
+    return np.stack([edges[a : a + n - 1].sum(0) for a, n in zip(first, lengths, strict=True)])
 
 
 def _both_paths(batch):
@@ -227,6 +229,10 @@ def test_fast_path_equals_log_space(rng):
         post.log_marginals[slow[1] <= -50], slow[1][slow[1] <= -50], rtol=1e-9
     )
     np.testing.assert_allclose(K.log_partition(**batch), slow[0], rtol=1e-12)
+    # summed edges: both paths (one sentence falls back midway) give the per-position sums
+    for force_log in (False, True):
+        sums = _run_fb(batch, force_log, summed=True)[2]
+        np.testing.assert_allclose(sums, _per_sentence_sums(slow[2], batch["offsets"]), atol=1e-11)
 
 
 @pytest.mark.parametrize("scale", [1e2, 1e4])
@@ -324,6 +330,7 @@ def test_sentence_without_any_allowed_path(rng):
     assert np.all(post.log_z == -np.inf)
     assert np.all(post.log_marginals == -np.inf)
     assert np.all(K.edge_marginals(**batch, allowed=allowed) == 0.0)
+    assert np.all(K.posteriors(**batch, allowed=allowed, edge_sums=True).edge_sums == 0.0)
     assert np.all(K.viterbi(**batch, allowed=allowed).tags == -1)
     top = K.kbest(**batch, allowed=allowed, k=3)
     assert np.all(top.k_valid == 0) and np.all(top.kbest_tags == -1)
@@ -390,8 +397,9 @@ def test_bad_k(k):
 
 @pytest.mark.parametrize("scale", [1.0, 1e2, 1e4])
 @pytest.mark.parametrize("constrained", [False, True])
-def test_posteriors_equal_the_separate_passes_bit_for_bit(rng, scale, constrained):
-    """One pass (what the export runs) gives exactly forward_backward's and edge_marginals'."""
+def test_posteriors_equal_the_separate_passes(rng, scale, constrained):
+    """One pass (what the export runs) gives exactly forward_backward's values, and per
+    sentence the sum of edge_marginals' per-position matrices."""
     n_tags = 4
     batch = _random_batch(rng, n_tags, rng.integers(1, 30, size=9), scale=scale)
     batch["transitions"] = batch["transitions"] * scale
@@ -400,10 +408,12 @@ def test_posteriors_equal_the_separate_passes_bit_for_bit(rng, scale, constraine
         np.fill_diagonal(allowed, True)
         batch["allowed"] = allowed
     post, edges = K.forward_backward(**batch), K.edge_marginals(**batch)
-    one = K.posteriors(**batch, edges=True)
+    one = K.posteriors(**batch, edge_sums=True)
     np.testing.assert_array_equal(one.log_z, post.log_z)
     np.testing.assert_array_equal(one.log_marginals, post.log_marginals)
-    np.testing.assert_array_equal(one.edge_marginals, edges)
+    want = _per_sentence_sums(edges, batch["offsets"])
+    assert one.edge_sums is not None and one.edge_sums.shape == want.shape
+    np.testing.assert_allclose(one.edge_sums, want, rtol=1e-12, atol=1e-300)
     unary = K.posteriors(**batch)
-    assert unary.edge_marginals is None
+    assert unary.edge_sums is None
     np.testing.assert_array_equal(unary.log_marginals, post.log_marginals)

@@ -154,13 +154,13 @@ def test_expected_score_is_the_expectation_over_paths(gen):
     emissions_s = torch.randn(emissions_t.shape, generator=gen, dtype=torch.float64)
     tp, sp = teacher.numpy_params(), student.numpy_params()
     unary = torch.zeros_like(emissions_t)
-    pairwise = torch.zeros(3, 3, n_tags, n_tags, dtype=torch.float64)
+    edge_sums = torch.zeros(3, n_tags, n_tags, dtype=torch.float64)
     expected, cross_entropy = [], []
     for b in range(3):
         n = int(mask[b].sum())
         bf = brute_force(emissions_t[b, :n].numpy(), tp["transitions"], tp["start"], tp["end"])
         unary[b, :n] = torch.from_numpy(bf.marginals)
-        pairwise[b, : n - 1] = torch.from_numpy(bf.edges)
+        edge_sums[b] = torch.from_numpy(bf.edges.sum(0))  # over the n - 1 positions
         student_bf = brute_force(
             emissions_s[b, :n].numpy(), sp["transitions"], sp["start"], sp["end"]
         )
@@ -169,7 +169,7 @@ def test_expected_score_is_the_expectation_over_paths(gen):
         expected.append(float(probs @ scores))
         cross_entropy.append(float(probs @ (student_bf.log_z - np.array(scores))))
     unary[~mask] = float("nan")  # padded entries must be ignored
-    got = student.expected_score(emissions_s, unary, pairwise, mask)
+    got = student.expected_score(emissions_s, unary, edge_sums, mask)
     np.testing.assert_allclose(got.detach().numpy(), expected, atol=1e-10)
     ce = student.log_partition(emissions_s, mask) - got
     np.testing.assert_allclose(ce.detach().numpy(), cross_entropy, atol=1e-10)
@@ -323,7 +323,7 @@ def test_nll_is_positive_and_reductions_agree(gen):
             lambda c, e, m: c.nll(e, torch.zeros(3, 5, dtype=torch.long), m, reduction="avg"),
             "reduction must be",
         ),
-        (lambda c, e, m: c.expected_score(e, e, e, m), "pairwise must have shape"),
+        (lambda c, e, m: c.expected_score(e, e, e, m), "edge_sums must have shape"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(gen, call, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -19,6 +20,8 @@ from structkd.storage.arrays import (
     FeaturesArrays,
     KnowledgeArrays,
     PreparedArrays,
+    binary_array,
+    binary_values,
     list_array,
     list_values,
     read_knowledge,
@@ -77,8 +80,10 @@ def make_knowledge(
         k_valid=k_valid,
         log_marginals=marginals,
         emissions=rng.normal(0.0, 2.0, (n_tok, n_tags)),
-        edge_marginals=(
-            rng.dirichlet(np.ones(n_tags * n_tags), n_tok - n_sent).reshape(-1, n_tags, n_tags)
+        edge_sums=(  # each sentence's matrix sums to its n - 1 edges
+            (rng.dirichlet(np.ones(n_tags * n_tags), n_sent) * (lengths - 1)[:, None]).reshape(
+                -1, n_tags, n_tags
+            )
             if edges
             else None
         ),
@@ -130,12 +135,11 @@ class TestRoundTrip:
             np.testing.assert_array_equal(getattr(back, name), want)
         assert back.log_marginals[0, 1] == -np.inf
         if edges:
-            assert back.edge_marginals is not None and back.edge_marginals.dtype == np.float16
-            np.testing.assert_array_equal(
-                back.edge_marginals, arrays.edge_marginals.astype(np.float16)
-            )
+            assert back.edge_sums is not None and back.edge_sums.dtype == np.float32
+            assert back.edge_sums.shape == (40, len(LABELS), len(LABELS))
+            np.testing.assert_array_equal(back.edge_sums, arrays.edge_sums.astype(np.float32))
         else:
-            assert back.edge_marginals is None and "edge_marginals" not in table.column_names
+            assert back.edge_sums is None and "edge_sums" not in table.column_names
 
     def test_knowledge_metadata(self, tmp_path: Path, rng: np.random.Generator):
         meta = make_meta()
@@ -146,7 +150,7 @@ class TestRoundTrip:
         assert back.digests == meta.digests and back.edge_marginals
         np.testing.assert_array_equal(back.transitions, meta.transitions)  # -inf survives
         np.testing.assert_array_equal(back.start, meta.start)
-        assert shard_metadata(path)["schema_version"] == "1"
+        assert shard_metadata(path)["schema_version"] == "2"
 
     def test_prepared_and_features(self, tmp_path: Path, rng: np.random.Generator):
         lengths = np.array([3, 1, 2])
@@ -171,7 +175,11 @@ class TestRoundTrip:
         assert table.schema.remove_metadata() == FEATURES_SCHEMA.remove_metadata()
         write_table_atomic(table, tmp_path / "f.parquet")
         back_f = FeaturesArrays.from_table(read_shard(tmp_path / "f.parquet"), dim=4)
+        assert back_f.features.dtype == np.float16 and back_f.features.shape == (6, 4)
         np.testing.assert_array_equal(back_f.features, feats.astype(np.float16))
+        # each row holds its sentence's float16 bytes, row-major
+        second = table.column("features")[1].as_py()
+        assert second == feats[3:4].astype("<f2").tobytes()
         assert FeaturesMeta.from_metadata(shard_metadata(tmp_path / "f.parquet")) == fmeta
 
     def test_knowledge_schema_is_the_contract(self):
@@ -186,7 +194,7 @@ class TestRoundTrip:
             "log_marginals": "list<item: float>",
             "emissions": "list<item: float>",
         }
-        assert KNOWLEDGE_SCHEMA.metadata[b"schema_version"] == b"1"
+        assert KNOWLEDGE_SCHEMA.metadata[b"schema_version"] == b"2"
 
 
 class TestListColumns:
@@ -209,6 +217,27 @@ class TestListColumns:
     def test_sizes_must_match_values(self):
         with pytest.raises(ValueError, match="sum\\(sizes\\)=5"):
             list_array(np.arange(4), np.array([2, 3]), pa.int64())
+        with pytest.raises(ValueError, match="sum\\(sizes\\)=10 bytes"):
+            binary_array(np.arange(4, dtype=np.float16), np.array([2, 3]))
+
+    def test_binary_sliced_and_chunked(self):
+        values = np.arange(10, dtype=np.float16)
+        column = binary_array(values, np.array([2, 3, 0, 5]))
+        flat, offsets = binary_values(column, np.dtype(np.float16))
+        assert not flat.flags.owndata  # a view of the Arrow buffer
+        np.testing.assert_array_equal(flat, values)
+        np.testing.assert_array_equal(offsets, [0, 2, 5, 5, 10])
+        flat, offsets = binary_values(column.slice(1, 2), np.dtype(np.float16))
+        np.testing.assert_array_equal(flat, [2, 3, 4])
+        np.testing.assert_array_equal(offsets, [0, 3, 3])
+        chunked = pa.chunked_array([column.slice(0, 2), column.slice(3, 1)])
+        flat, offsets = binary_values(chunked, np.dtype(np.float16))
+        np.testing.assert_array_equal(flat, values)
+        np.testing.assert_array_equal(offsets, [0, 2, 5, 10])
+        empty, offsets = binary_values(pa.chunked_array([], pa.binary()), np.dtype(np.float16))
+        assert len(empty) == 0 and list(offsets) == [0]
+        with pytest.raises(ValueError, match="not whole float16 values"):
+            binary_values(pa.array([b"abc"]), np.dtype(np.float16))
 
 
 class TestValidation:
@@ -241,8 +270,27 @@ class TestValidation:
 
     def test_wrong_shape(self, rng: np.random.Generator):
         arrays = make_knowledge(rng, 4, edges=False)
-        with pytest.raises(ValueError, match="edge_marginals must have shape"):
+        with pytest.raises(ValueError, match="edge_sums must have shape"):
             arrays.to_table(make_meta(edges=True))
+
+    def test_per_position_edges_are_refused(self, rng: np.random.Generator):
+        """Version 1's layout (one matrix per edge) does not pass for the summed one."""
+        arrays = make_knowledge(rng, 6)
+        n_edges = int((arrays.lengths - 1).sum())
+        per_edge = np.full((n_edges, len(LABELS), len(LABELS)), 1 / len(LABELS) ** 2)
+        with pytest.raises(ValueError, match=r"edge_sums must have shape \(6, 5, 5\)"):
+            dataclasses.replace(arrays, edge_sums=per_edge).to_table(make_meta())
+
+    def test_edge_sums_count_the_edges(self, rng: np.random.Generator):
+        arrays = make_knowledge(rng, 6)
+        i = int(np.flatnonzero(arrays.lengths > 1)[0])
+        assert arrays.edge_sums is not None
+        arrays.edge_sums[i] *= 0.5
+        with pytest.raises(InputError, match=f"sent_id {100 + i}: edge_sums do not sum"):
+            arrays.to_table(make_meta())
+        arrays.edge_sums[i, 0, 0] = np.inf
+        with pytest.raises(InputError, match=f"sent_id {100 + i}: edge_sums contain NaN or inf"):
+            arrays.to_table(make_meta())
 
 
 class TestShardFiles:
@@ -291,10 +339,10 @@ class TestShardFiles:
             read_shard(path)
 
     def test_schema_version_mismatch(self, tmp_path, rng):
-        path = self.write(tmp_path, rng, schema_version="2")
+        path = self.write(tmp_path, rng, schema_version="1")
         with pytest.raises(StructkdError) as err:
             read_shard(path)
-        assert str(err.value).startswith(f"{path}: schema version 2, expected 1")
+        assert str(err.value).startswith(f"{path}: schema version 1, expected 2")
         assert read_shard(path, expect_schema_version=None).num_rows == 200
 
     def test_wrong_table_kind(self, tmp_path, rng):
@@ -379,7 +427,7 @@ class TestKnowledgeContract:
         assert schema.field("topk_scores").type == pa.list_(pa.float32())
         assert schema.field("log_marginals").type == pa.list_(pa.float16())
         assert schema.field("emissions").type == pa.list_(pa.float32())
-        assert schema.field("edge_marginals").type == pa.list_(pa.float16())
+        assert schema.field("edge_sums").type == pa.list_(pa.float32())
 
     def test_sizes_and_shapes(self):
         lengths, k, n_tags = np.array([1, 3, 2]), 4, 5
@@ -390,7 +438,7 @@ class TestKnowledgeContract:
             "k_valid": ([1, 1, 1], (3,), (3,)),
             "log_marginals": ([5, 15, 10], (6, 5), (3, 7, 5)),
             "emissions": ([5, 15, 10], (6, 5), (3, 7, 5)),
-            "edge_marginals": ([0, 50, 25], (3, 5, 5), (3, 6, 5, 5)),
+            "edge_sums": ([25, 25, 25], (3, 5, 5), (3, 5, 5)),
         }
         for name, (sizes, flat, padded) in want.items():
             spec = KNOWLEDGE_COLUMNS[name]

@@ -16,7 +16,13 @@ from torch.utils.data import DataLoader
 from structkd.errors import ConfigError, StructkdError
 from structkd.pipeline.batching import Batch, DistillationStream
 from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
-from structkd.storage.schemas import FeaturesMeta, KnowledgeMeta, PreparedMeta, labels_digest
+from structkd.storage.schemas import (
+    SCHEMA_VERSION,
+    FeaturesMeta,
+    KnowledgeMeta,
+    PreparedMeta,
+    labels_digest,
+)
 from structkd.storage.shards import read_shard, shard_name, write_table_atomic
 from structkd.storage.stream import LanguageShards, ShardStream
 
@@ -29,7 +35,7 @@ ALL_COLUMNS = (
     "k_valid",
     "log_marginals",
     "emissions",
-    "edge_marginals",
+    "edge_sums",
 )
 
 
@@ -91,7 +97,13 @@ def write_language(
             k_valid=k_valid,
             log_marginals=rng.standard_normal((n_tok, n_tags)).astype(np.float32),
             emissions=rng.standard_normal((n_tok, n_tags)).astype(np.float32),
-            edge_marginals=rng.random((n_tok - n, n_tags, n_tags)) if edges else None,
+            edge_sums=(  # each sentence's matrix sums to its n - 1 edges
+                (rng.dirichlet(np.ones(n_tags**2), n) * (lengths - 1)[:, None]).reshape(
+                    n, n_tags, n_tags
+                )
+                if edges
+                else None
+            ),
         )
         name = shard_name(index)
         tables = {
@@ -106,7 +118,6 @@ def write_language(
             rows = row_group_rows if isinstance(row_group_rows, int) else row_group_rows[kind]
             write_table_atomic(table, paths[kind][-1], row_group_rows=rows)
         tok = np.concatenate([[0], np.cumsum(lengths)])
-        edge = tok - np.arange(n + 1)
         for i, sid in enumerate(ids):
             a, z = tok[i], tok[i + 1]
             out.ref[int(sid)] = {
@@ -118,11 +129,7 @@ def write_language(
                 "log_z": know.log_z[i],
                 "log_marginals": know.log_marginals[a:z],
                 "emissions": know.emissions[a:z],
-                "edge_marginals": (
-                    know.edge_marginals[edge[i] : edge[i + 1]].astype(np.float16).astype(np.float32)
-                    if edges
-                    else None
-                ),
+                "edge_sums": know.edge_sums[i].astype(np.float32) if edges else None,
             }
     return out
 
@@ -164,7 +171,7 @@ def test_batches_hold_the_right_sentences(two_langs: list[Written]):
             batch.features.shape == (size, longest, DIM) and batch.features.dtype == torch.float32
         )
         assert batch.topk_tags.shape == (size, K, longest) and batch.topk_tags.dtype == torch.long
-        assert batch.edge_marginals.shape == (size, longest - 1, len(LABELS), len(LABELS))
+        assert batch.edge_sums.shape == (size, len(LABELS), len(LABELS))
         for b in range(size):
             lang, sid, n = (
                 stream.langs[int(batch.lang[b])],
@@ -181,10 +188,10 @@ def test_batches_hold_the_right_sentences(two_langs: list[Written]):
             assert (batch.topk_tags[b, :, n:] == -1).all()
             np.testing.assert_array_equal(batch.topk_scores[b].numpy(), ref["topk_scores"])
             assert int(batch.k_valid[b]) == ref["k_valid"] and float(batch.log_z[b]) == ref["log_z"]
-            for name in ("log_marginals", "emissions", "edge_marginals"):
-                m = n - 1 if name == "edge_marginals" else n
-                np.testing.assert_array_equal(getattr(batch, name)[b, :m].numpy(), ref[name])
-                assert not getattr(batch, name)[b, m:].any()
+            for name in ("log_marginals", "emissions"):
+                np.testing.assert_array_equal(getattr(batch, name)[b, :n].numpy(), ref[name])
+                assert not getattr(batch, name)[b, n:].any()
+            np.testing.assert_array_equal(batch.edge_sums[b].numpy(), ref["edge_sums"])
     assert Counter(got) == everything(two_langs) and len(got) == stream.total_sentences
 
 
@@ -216,7 +223,7 @@ def test_every_sentence_once_across_ranks_and_workers(tmp_path, rng, layout, siz
                 buffer_size=16,
                 rank=rank,
                 world_size=2,
-                knowledge_columns=["topk_tags", "edge_marginals"],
+                knowledge_columns=["topk_tags", "edge_sums"],
             )
             stream.set_epoch(epoch)
             for worker in range(2):
@@ -294,7 +301,7 @@ def test_column_projection(two_langs):
     stream = DistillationStream([w.shards for w in two_langs], knowledge_columns=["log_marginals"])
     batch = next(iter(stream))
     assert batch.log_marginals is not None and batch.log_marginals.dtype == torch.float32
-    assert batch.topk_tags is None and batch.emissions is None and batch.edge_marginals is None
+    assert batch.topk_tags is None and batch.emissions is None and batch.edge_sums is None
     baseline = next(iter(DistillationStream([w.shards for w in two_langs])))
     assert baseline.log_marginals is None and baseline.to("cpu").features.shape[-1] == DIM
 
@@ -329,8 +336,8 @@ def test_bad_requests(tmp_path, rng, two_langs):
             [LanguageShards("de", de.prepared, de.features)], knowledge_columns=["emissions"]
         )
     flat = write_language(tmp_path / "flat", "fr", [5], rng, edges=False)
-    with pytest.raises(ConfigError, match="has no column edge_marginals"):
-        DistillationStream([flat.shards], knowledge_columns=["edge_marginals"])
+    with pytest.raises(ConfigError, match="has no column edge_sums"):
+        DistillationStream([flat.shards], knowledge_columns=["edge_sums"])
     other = write_language(tmp_path / "other", "it", [5], rng, labels=("O", "B-Z", "I-Z"))
     with pytest.raises(StructkdError, match="label set differs"):
         DistillationStream([de, other.shards])
@@ -343,7 +350,7 @@ def test_bad_requests(tmp_path, rng, two_langs):
 def test_malformed_metadata_names_the_file(tmp_path, rng, two_langs):
     de = two_langs[0].shards
     table = read_shard(de.features[0]).replace_schema_metadata(
-        {"schema_version": "1", "table": "features"}
+        {"schema_version": str(SCHEMA_VERSION), "table": "features"}
     )
     broken = tmp_path / "broken.parquet"
     write_table_atomic(table, broken)
@@ -384,7 +391,7 @@ def test_storage_stream_hands_out_numpy_pools(two_langs):
         n, n_tok = len(pool["lengths"]), int(pool["lengths"].sum())
         assert pool["topk_tags"].shape == (2 * n_tok,) and pool["topk_scores"].shape == (n, 2)
         assert pool["log_marginals"].shape == (n_tok, len(LABELS))
-        assert pool["edge_marginals"].shape == (n_tok - n, len(LABELS), len(LABELS))
+        assert pool["edge_sums"].shape == (n, len(LABELS), len(LABELS))
         assert pool["features"].shape == (n_tok * DIM,) and pool["k_valid"].max() <= 2
 
 

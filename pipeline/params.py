@@ -200,13 +200,17 @@ class TeacherParams(TrainParams):
 
 @dataclass(frozen=True)
 class ExportParams:
-    """What each teacher writes into its knowledge shards."""
+    """What each teacher writes into its knowledge shards, and how the export runs: ``workers``
+    local dask processes, ``timeout`` seconds to wait for a scheduler to answer and for a worker
+    to join (a cluster that never gives workers stops with one line instead of waiting forever).
+    """
 
     k: int = ranged(10, ge=1, le=32767)  # k_valid is int16
     marginals_dtype: Literal["float16", "float32"] = "float32"
     emissions_dtype: Literal["float16", "float32"] = "float32"
     edge_marginals: bool = True
     workers: int = ranged(2, ge=1)
+    timeout: float = ranged(60.0, gt=0.0)
 
 
 @dataclass(frozen=True)

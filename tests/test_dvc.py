@@ -112,4 +112,3 @@ def test_loss_edit_reruns_only_students_and_evaluate(dvc_project: Path) -> None:
         assert skipped(out) == TEACHER_SIDE
     finally:
         losses.write_text(original, "utf-8")
-

@@ -202,10 +202,10 @@ def _client(scheduler: str | None, workers: int, timeout: float) -> Iterator[Cli
         if scheduler:
             try:
                 client = stack.enter_context(Client(scheduler, timeout=timeout))
-            except (OSError, TimeoutError) as e:
+            except (OSError, TimeoutError):  # refused or silent until the timeout
                 raise StructkdError(
                     f"--scheduler {scheduler}: no dask scheduler answered within {timeout:g} s "
-                    f"(export.timeout) ({type(e).__name__})"
+                    "(export.timeout)"
                 ) from None
         else:
             cluster = stack.enter_context(

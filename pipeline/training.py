@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from structkd.errors import StructkdError
+from structkd.errors import StructkdError, first_line
 from structkd.pipeline import distributed
 from structkd.pipeline.data import Split
 from structkd.pipeline.evaluation import evaluate_splits, micro_score
@@ -138,7 +139,13 @@ def fit(
     checkpoint_path = out_dir / CHECKPOINT
     previous = resume_from or checkpoint_path
     if resume and previous.exists():
-        state = torch.load(previous, weights_only=False)
+        try:
+            state = torch.load(previous, weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # truncated, damaged
+            raise StructkdError(
+                f"{previous}: not a readable checkpoint ({first_line(e)}); "
+                "run without --resume to start over"
+            ) from None
         if state["fingerprint"] != fingerprint:
             raise StructkdError(
                 f"{previous}: was written with other settings; run without --resume to start over"

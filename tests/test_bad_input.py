@@ -502,3 +502,17 @@ def test_student_k_below_export_k_trains_topk(project: Path) -> None:
         (project.parent / "models" / "students" / "topk" / "metrics.json").read_text("utf-8")
     )
     assert metrics["method"] == "topk" and 0 < metrics["test"]["avg"] <= 100
+
+
+def test_resume_from_truncated_checkpoint(project: Path) -> None:
+    teacher = project.parent / "models" / "teachers" / "en"
+    checkpoint = teacher / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    before = snapshot(teacher)
+    line = cli_error(project, "stage", "train-teacher", "en", "--resume")
+    assert re.fullmatch(
+        rf"Error: {re.escape(str(checkpoint))}: not a readable checkpoint \(.+\); "
+        "run without --resume to start over",
+        line,
+    ), line
+    assert snapshot(teacher) == before

@@ -21,13 +21,17 @@ from typing import TYPE_CHECKING
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
-from structkd.pipeline.params import ExportParams, Params
+from structkd.pipeline.params import ExportParams, Params, check_range, field_of
 from structkd.storage.cache import CacheEntry, KnowledgeCache, cache_key, content_digest, locked
 
 if TYPE_CHECKING:
     from dask.distributed import Client
 
     from structkd.pipeline.export import ShardJob
+
+
+RUN_SETTINGS = ("workers", "timeout")
+"""Export settings that change how the export runs, not what it writes (not in the key)."""
 
 
 def knowledge_inputs(layout: Layout, lang: str, seeds: Sequence[int]) -> dict[str, str]:
@@ -70,7 +74,7 @@ def knowledge_key(inputs: Mapping[str, str], settings: ExportParams) -> str:
         ),
         prepared_digest=inputs["prepared"],
         features_digest=inputs["features"],
-        settings={k: v for k, v in asdict(settings).items() if k != "workers"},
+        settings={k: v for k, v in asdict(settings).items() if k not in RUN_SETTINGS},
     )
 
 
@@ -142,7 +146,11 @@ def run(
     scheduler: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> None:
-    """Export the Top-K paths, marginals and emissions of every teacher (cached by content)."""
+    """Export the Top-K paths, marginals and emissions of every teacher (cached by content).
+
+    Everything is checked before the cache changes: settings, label sets, and (when any shard
+    must be computed) that the cluster answers with a worker; only then are stale shards removed.
+    """
     from dask.distributed import as_completed
     from tqdm import tqdm
 
@@ -150,16 +158,26 @@ def run(
     from structkd.pipeline.export import export_shard
 
     settings = params.export
+    if workers is not None:
+        check_range(field_of(ExportParams, "workers"), workers, "--workers")
     languages = plan_export(params, layout)
     with ExitStack() as stack:
         # every language's lock, in one order (no deadlock between two exports), then every
         # missing shard of every language in one submission, so all workers stay busy
         stack.enter_context(locked(language.entry for language in languages))
+        diagnoses = [language.entry.diagnose(language.key) for language in languages]
+        client = None
+        if any(diagnosis.status != "hit" for diagnosis in diagnoses):
+            client = stack.enter_context(
+                _client(scheduler, workers or settings.workers, settings.timeout)
+            )
         pending: dict[str, LanguageExport] = {}
         jobs: list[tuple[str, ShardJob]] = []
-        for language in languages:
+        for language, diagnosis in zip(languages, diagnoses, strict=True):
             lang, entry, key = language.lang, language.entry, language.key
-            plan = entry.plan(key, inputs=language.inputs, expected=language.names)
+            plan = entry.plan(
+                key, inputs=language.inputs, expected=language.names, diagnosis=diagnosis
+            )
             if plan.hit:
                 echo(f"knowledge {lang}: up to date, no teacher run (key {key[:12]})")
                 continue
@@ -174,8 +192,8 @@ def run(
             jobs += [(lang, job) for job in language.jobs(plan.missing, settings)]
         if not jobs:
             return
+        assert client is not None  # some language was not a hit
         left = Counter(lang for lang, _ in jobs)
-        client = stack.enter_context(_client(scheduler, workers or settings.workers))
         futures = {client.submit(export_shard, job, pure=False): lang for lang, job in jobs}
         # closed on error too, so the Error line starts on a line of its own
         with tqdm(total=len(jobs), desc="export", unit="shard", leave=False) as bar:
@@ -194,25 +212,46 @@ def run(
 
 
 @contextmanager
-def _client(scheduler: str | None, workers: int) -> Iterator[Client]:
-    """A client of the given scheduler, or of a LocalCluster of ``workers`` processes."""
+def _client(scheduler: str | None, workers: int, timeout: float) -> Iterator[Client]:
+    """A client of the given scheduler, or of a LocalCluster of ``workers`` processes, with at
+    least one worker joined within ``timeout`` seconds.
+
+    Raises:
+        StructkdError: the scheduler does not answer, or no worker joins, within ``timeout``.
+    """
     from dask.distributed import Client, LocalCluster
 
-    if scheduler:
-        with Client(scheduler) as client:
-            yield client
-        return
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            # no fixed port 8787 (two exports at once), no worker tracebacks: a failed shard
-            # reaches the user as one Error line
-            scheduler_kwargs={"dashboard_address": ":0"},
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    from structkd.errors import StructkdError
+
+    with ExitStack() as stack:
+        if scheduler:
+            try:
+                client = stack.enter_context(Client(scheduler, timeout=timeout))
+            except (OSError, TimeoutError):  # refused or silent until the timeout
+                raise StructkdError(
+                    f"--scheduler {scheduler}: no dask scheduler answered within {timeout:g} s "
+                    "(export.timeout)"
+                ) from None
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    # no fixed port 8787 (two exports at once), no worker tracebacks: a failed
+                    # shard reaches the user as one Error line
+                    scheduler_kwargs={"dashboard_address": ":0"},
+                    silence_logs=logging.CRITICAL,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            where = f"scheduler {scheduler}" if scheduler else "the local dask cluster"
+            raise StructkdError(
+                f"{where}: no worker joined within {timeout:g} s (export.timeout); "
+                "start one with `dask worker <scheduler address>`"
+            ) from None
         yield client

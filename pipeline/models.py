@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from structkd.errors import StructkdError
+from structkd.errors import StructkdError, first_line
 from structkd.pipeline.crf import CRF
 from structkd.pipeline.labels import LabelSet
 from structkd.storage.io import atomic_write, atomic_write_text
@@ -183,13 +184,31 @@ def save_tagger(model: Tagger, directory: Path) -> None:
 
 
 def load_tagger(directory: Path) -> Tagger:
-    """Load a tagger saved by :func:`save_tagger`."""
-    config_path = directory / "config.json"
+    """Load a tagger saved by :func:`save_tagger`.
+
+    Raises:
+        StructkdError: a file is missing, unreadable, truncated or does not fit the others (one
+            line naming the file).
+    """
+    config_path, weights = directory / "config.json", directory / "model.safetensors"
     if not config_path.exists():
         raise StructkdError(f"{directory}: not a structkd model (no config.json)")
-    raw = json.loads(config_path.read_text("utf-8"))
-    raw["words"], raw["chars"] = tuple(raw["words"]), tuple(raw["chars"])
-    model = Tagger(TaggerConfig(**raw), LabelSet.load(directory / "labels.json"))
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    try:
+        raw = json.loads(config_path.read_text("utf-8"))
+        raw["words"], raw["chars"] = tuple(raw["words"]), tuple(raw["chars"])
+        config = TaggerConfig(**raw)
+    except (ValueError, TypeError, KeyError) as e:  # bad JSON or UTF-8, missing or unknown keys
+        raise StructkdError(f"{config_path}: not a valid model config ({first_line(e)})") from None
+    model = Tagger(config, LabelSet.load(directory / "labels.json"))
+    if not weights.exists():
+        raise StructkdError(f"{weights}: not found (the model directory is incomplete)")
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (SafetensorError, OSError) as e:
+        raise StructkdError(f"{weights}: not a valid safetensors file ({first_line(e)})") from None
+    except RuntimeError:  # tensors missing, extra or of other shapes
+        raise StructkdError(
+            f"{weights}: weights do not fit {config_path} (missing, extra or mis-shaped tensors)"
+        ) from None
     model.eval()
     return model

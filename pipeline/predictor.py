@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from structkd.errors import StructkdError
+from structkd.errors import StructkdError, first_line
 from structkd.pipeline.data import Split, iterate
 from structkd.pipeline.encoder import EncoderConfig, WordEncoder, default_cache_dir
 from structkd.pipeline.layout import Layout
@@ -85,7 +85,7 @@ def load_encoder(
         try:
             encoder = WordEncoder(config, cache_dir=cache)
         except (OSError, StructkdError) as e:  # e.g. an unwritable cache folder
-            problems.append(f"{cache}: {_first_line(e)}")
+            problems.append(f"{cache}: {first_line(e)}")
             continue
         if wanted is None or encoder.digest() == wanted:
             return encoder
@@ -95,11 +95,6 @@ def load_encoder(
         f"{directory}: cannot rebuild its encoder {config.name_or_path!r}{digest} "
         f"({'; '.join(problems)}); set STRUCTKD_CACHE to a writable folder or install the encoder"
     )
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class Predictor:

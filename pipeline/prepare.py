@@ -3,7 +3,7 @@
 Writes ``data/prepared/<lang>/<split>/part-NNNNN.parquet`` (tokens, BIOES label ids for span
 tasks) and ``data/prepared/labels.json``. Any bad line stops the stage with ``file:line: problem``
 before anything is written: every split is read, validated and encoded first, then written to a
-temporary folder, and only then do the new folders replace the old ones.
+staging folder, and only then does it replace ``data/prepared`` as a whole.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from structkd.pipeline.layout import Layout
 from structkd.pipeline.params import CorpusSpec, Params
 from structkd.pipeline.schemes import to_bioes, validate_sentences
 from structkd.storage.arrays import PreparedArrays
+from structkd.storage.io import replace_dir, staging_dir
 from structkd.storage.schemas import PreparedMeta, labels_digest
 from structkd.storage.shards import shard_name, write_table_atomic
 
@@ -59,7 +60,6 @@ def run(
     encoded = encode(corpora, labels, source)
     for message in write_prepared(params, layout, corpora, encoded, labels):
         echo(message)
-    labels.save(layout.labels)
     echo(f"labels ({labels.n_tags}): {' '.join(labels.labels)}")
     return labels
 
@@ -124,22 +124,24 @@ def write_prepared(
     encoded: dict[tuple[str, str], list[np.ndarray]],
     labels: LabelSet,
 ) -> list[str]:
-    """Write every split to a temporary folder, then swap them all in; one line per split.
+    """Write every split and labels.json into a staging folder, then swap it in for
+    ``data/prepared`` as a whole; one line per split.
 
-    A failure while writing removes the temporary folders and replaces nothing.
+    A failure or a kill while writing leaves the old ``data/prepared`` untouched (the staging
+    folder is removed, or cleared by the next run); a kill during the swap leaves the old one or
+    none (:func:`replace_dir`), never some splits of each or a split with some of its shards.
     """
-    staged = []
+    final = layout.labels.parent
+    staged = staging_dir(final)
+    shutil.rmtree(staged, ignore_errors=True)
+    messages = []
     try:
         for (lang, split), corpus in corpora.items():
             sentences, ids = corpus.sentences, encoded[lang, split]
             meta = PreparedMeta(
                 lang, split, str(corpus.path), corpus.scheme, labels_digest(labels.labels)
             )
-            final = layout.prepared(lang, split)
-            tmp = final.with_name(f".{split}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            done = f"prepared {lang}/{split}: {len(sentences)} sentences from {corpus.path}"
-            staged.append((tmp, final, done))
+            folder = staged / layout.prepared(lang, split).relative_to(final)
             size = params.prepare.shard_size
             for shard, lo in enumerate(range(0, len(sentences), size)):
                 chunk = range(lo, min(lo + size, len(sentences)))
@@ -149,14 +151,13 @@ def write_prepared(
                     tokens=np.array([w for i in chunk for w in sentences[i].tokens], dtype=object),
                     tags=np.concatenate([ids[i] for i in chunk]).astype(np.int16),
                 )
-                write_table_atomic(arrays.to_table(meta), tmp / shard_name(shard))
+                write_table_atomic(arrays.to_table(meta), folder / shard_name(shard))
+            messages.append(
+                f"prepared {lang}/{split}: {len(sentences)} sentences from {corpus.path}"
+            )
+        labels.save(staged / layout.labels.relative_to(final))
     except BaseException:
-        for tmp, _, _ in staged:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
         raise
-    messages = []
-    for tmp, final, message in staged:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        messages.append(message)
+    replace_dir(staged, final)
     return messages

@@ -3,7 +3,8 @@
 :func:`train_tagger` is the one routine both run (fit, reload the best model, score dev and
 test, write ``metrics.json``); a task supplies only its :class:`Objective`.
 
-Every epoch ends with an atomic checkpoint (weights, optimizer, scheduler, history). The random
+Every epoch ends with an atomic checkpoint (weights, optimizer, scheduler, history), written in
+a staging directory that replaces the model directory only when training finished. The random
 state of epoch ``e`` is derived from ``seed * 100_003 + e`` and the data order from the
 stream's epoch, so a run killed at any point and restarted with ``resume=True`` ends with the
 same weights as a run that was never interrupted.
@@ -16,6 +17,8 @@ import csv
 import hashlib
 import io
 import json
+import pickle
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -27,13 +30,13 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from structkd.errors import StructkdError
+from structkd.errors import StructkdError, first_line
 from structkd.pipeline import distributed
 from structkd.pipeline.data import Split
 from structkd.pipeline.evaluation import evaluate_splits, micro_score
 from structkd.pipeline.models import Tagger, load_tagger, save_tagger
 from structkd.pipeline.params import TrainParams
-from structkd.storage.io import atomic_write, atomic_write_text
+from structkd.storage.io import atomic_write, atomic_write_text, replace_dir, staging_dir
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -98,6 +101,7 @@ def fit(
     save_best: Callable[[], None],
     out_dir: Path,
     resume: bool = False,
+    resume_from: Path | None = None,
     fingerprint: str = "",
     kd_weight: Callable[[int], float] = lambda epoch: 0.0,
     trust: Callable[[int], Mapping[str, float]] = lambda epoch: {},
@@ -115,7 +119,8 @@ def fit(
         dev_score: higher is better; evaluated after every epoch.
         save_best: called when the dev score improves (writes the model directory).
         out_dir: where ``checkpoint.pt`` and ``history.csv`` go.
-        resume: continue from ``out_dir/checkpoint.pt`` if present.
+        resume: continue from the checkpoint ``resume_from`` if present.
+        resume_from: the checkpoint to resume from (default ``out_dir/checkpoint.pt``).
         fingerprint: identifies the run's settings; resuming a different run is refused.
         kd_weight: the distillation weight λ of an epoch, recorded in the history.
         trust: the per-language factors of λ in an epoch (``student.trust``), recorded too.
@@ -126,7 +131,8 @@ def fit(
     Returns:
         The per-epoch history.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(params.threads)
     optimizer = make_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -135,12 +141,18 @@ def fit(
     history: list[EpochRecord] = []
     best, bad_epochs, start = float("-inf"), 0, 0
     checkpoint_path = out_dir / CHECKPOINT
-    if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
+    previous = resume_from or checkpoint_path
+    if resume and previous.exists():
+        try:
+            state = torch.load(previous, weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # truncated, damaged
+            raise StructkdError(
+                f"{previous}: not a readable checkpoint ({first_line(e)}); "
+                "run without --resume to start over"
+            ) from None
         if state["fingerprint"] != fingerprint:
             raise StructkdError(
-                f"{checkpoint_path}: was written with other settings; "
-                "run without --resume to start over"
+                f"{previous}: was written with other settings; run without --resume to start over"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -270,19 +282,27 @@ def train_tagger(
     """Fit ``model`` (selected on the micro dev score), reload the best, score dev and test.
 
     ``dev`` and ``test`` map each language to its split (loaded before training, so a broken
-    test split stops the run before it starts). Writes ``out/`` (model, checkpoint, history)
-    and ``out/metrics.json``; returns the metrics (None on a non-main process, which leaves the
-    process group and writes nothing).
+    test split stops the run before it starts). Training happens in the hidden
+    :func:`staging_dir` of ``out`` (model, checkpoint, history, then metrics.json), which
+    replaces ``out`` as a whole only when the run finished: an interrupted run leaves the old
+    model directory as it was (and its own work for ``resume``). Returns the metrics (None on a
+    non-main process, which leaves the process group and writes nothing).
     """
+    work = staging_dir(out)
+    # the checkpoint to resume: an interrupted run's, else the finished model's (more epochs)
+    resume_from = work / CHECKPOINT if (work / CHECKPOINT).exists() else out / CHECKPOINT
+    if main_process:
+        _start_work(work, out, resume)
     fit(
         model,
         params=params,
         batches=objective.batches,
         loss_fn=objective.loss,
         dev_score=partial(micro_score, model, list(dev.values())),
-        save_best=partial(save_tagger, model, out),
-        out_dir=out,
+        save_best=partial(save_tagger, model, work),
+        out_dir=work,
         resume=resume,
+        resume_from=resume_from,
         fingerprint=fingerprint,
         kd_weight=objective.kd_weight,
         trust=objective.trust,
@@ -293,7 +313,20 @@ def train_tagger(
     distributed.finish()
     if not main_process:
         return None
-    best = load_tagger(out)
+    best = load_tagger(work)
     metrics = objective.summary(evaluate_splits(best, dev), evaluate_splits(best, test))
-    write_json(metrics, out / "metrics.json")
+    write_json(metrics, work / "metrics.json")
+    replace_dir(work, out)
     return metrics
+
+
+def _start_work(work: Path, out: Path, resume: bool) -> None:
+    """Prepare the staging directory: empty for a new run; for ``resume``, an interrupted run's
+    as it is when it has a checkpoint, else a copy of the finished model directory (its
+    checkpoint copied last, so a copy cut short has none and is redone)."""
+    if resume and (work / CHECKPOINT).exists():
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    if resume and (out / CHECKPOINT).exists():
+        shutil.copytree(out, work, ignore=shutil.ignore_patterns(CHECKPOINT))
+        shutil.copy2(out / CHECKPOINT, work / CHECKPOINT)

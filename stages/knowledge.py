@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from structkd.errors import StructkdError, first_line
+
 
 def show(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A knowledge shard.")],
@@ -31,8 +33,11 @@ def show(
     from structkd.storage.schemas import KnowledgeMeta
     from structkd.storage.shards import read_shard, shard_metadata
 
-    meta = KnowledgeMeta.from_metadata(shard_metadata(path))
-    table = read_shard(path, expect_table="knowledge")
+    table = read_shard(path, expect_table="knowledge")  # any other Parquet file: one line
+    try:
+        meta = KnowledgeMeta.from_metadata(shard_metadata(path))
+    except (ValueError, KeyError) as e:  # a knowledge footer with keys missing or damaged
+        raise StructkdError(f"{path}: damaged knowledge metadata ({first_line(e)})") from None
     arrays = KnowledgeArrays.from_table(table, k=meta.k, n_tags=meta.n_tags)
     lengths = np.asarray(arrays.lengths, np.int64)
     typer.echo(
@@ -65,8 +70,6 @@ def show(
     if sentence is None:
         return
     if not 0 <= sentence < table.num_rows:
-        from structkd.errors import StructkdError
-
         raise StructkdError(f"{path}: sentence {sentence} out of range 0..{table.num_rows - 1}")
     span, n = arrays.tokens(sentence), int(lengths[sentence])
     paths = arrays.paths(sentence)

@@ -27,6 +27,18 @@ def _read(lines: list[str], conll: bool) -> list[list[str]]:
     return [s for s in sentences if s]
 
 
+def _decode(data: bytes, file: Path | None) -> str:
+    """The input as text; bytes that are not UTF-8 stop with one line naming line and byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        from structkd.errors import InputError
+
+        line = data[: e.start].count(b"\n") + 1
+        where = f"{file if file is not None else '<stdin>'}:{line}"
+        raise InputError(where, f"not valid UTF-8 (byte 0x{data[e.start]:02x})") from None
+
+
 def main(
     model: Annotated[
         Path,
@@ -48,7 +60,7 @@ def main(
 
         sentences = [list(s.tokens) for s in read_conllu(file, column=None)]
     else:
-        text = file.read_text("utf-8") if file is not None else sys.stdin.read()
+        text = _decode(file.read_bytes() if file is not None else sys.stdin.buffer.read(), file)
         is_conll = conll or (file is not None and file.suffix in {".conll", ".bio", ".tsv"})
         sentences = _read(text.splitlines(), is_conll)
     tagged = Predictor.load(model, scheme=scheme).tag(sentences)

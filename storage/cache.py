@@ -183,14 +183,24 @@ class CacheEntry:
                 self.commit(key, expected)
             return plan
 
-    def plan(self, key: str, *, inputs: Mapping[str, str], expected: Sequence[str]) -> Plan:
+    def plan(
+        self,
+        key: str,
+        *,
+        inputs: Mapping[str, str],
+        expected: Sequence[str],
+        diagnosis: Diagnosis | None = None,
+    ) -> Plan:
         """Diagnose the entry once and, unless it is a hit, :meth:`begin` ``key`` on it.
 
-        Call while holding :meth:`lock`. Every shard is hashed once here: the verified shards
-        of the same key are kept, the rest (and every shard of another key) are deleted.
+        Call while holding :meth:`lock`. Every shard is hashed once here (or was, by the
+        :meth:`diagnose` under the same lock given as ``diagnosis``: a producer that checks
+        something else between diagnosing and changing the entry): the verified shards of the
+        same key are kept, the rest (and every shard of another key) are deleted.
         """
         self._require_lock()
-        diagnosis = self.diagnose(key)
+        if diagnosis is None:
+            diagnosis = self.diagnose(key)
         if diagnosis.status == "hit":
             return Plan(key, diagnosis, [])
         kept = self._begin(key, inputs, diagnosis)

@@ -3,7 +3,8 @@
 Every file structkd writes goes through :func:`atomic_write`: a hidden temporary name in the
 final directory (same filesystem, so the rename is atomic), fsync, rename, then an fsync of the
 directory so the rename itself survives a crash. A reader sees the old file or the new one,
-never half of one.
+never half of one. A stage output that is a directory of files (prepared corpus, model
+directory) is built in :func:`staging_dir` and swapped in whole by :func:`replace_dir`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +65,27 @@ def atomic_write(path: Path, write_fn: Callable[[BinaryIO], object]) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def staging_dir(final: Path) -> Path:
+    """Where a directory that replaces ``final`` as a whole is built (hidden, same parent)."""
+    return final.with_name(f".{final.name}.staged.tmp")
+
+
+def replace_dir(staged: Path, final: Path) -> None:
+    """Swap the complete directory ``staged`` in for ``final`` (two renames in one parent).
+
+    Readers see the old directory or the new one, never a mix or a part of one: a kill between
+    the renames leaves no ``final`` (the stage reruns), and the old one under a hidden name that
+    the next swap removes.
+    """
+    old = final.with_name(f".{final.name}.old.tmp")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staged.rename(final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -111,6 +111,8 @@ def check_metadata(
         StructkdError: naming the file, what was found and what was expected.
     """
     meta = decode_metadata(metadata)
+    if "table" not in meta and "schema_version" not in meta:
+        raise StructkdError(f"{path}: not a structkd shard (its footer has no structkd metadata)")
     if expect_schema_version is not None:
         found = meta.get("schema_version", "none")
         if found != str(expect_schema_version):

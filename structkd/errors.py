@@ -25,3 +25,10 @@ class InputError(StructkdError):
 
 class ConfigError(StructkdError):
     """Bad ``params.yaml`` content or command-line settings."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type name if empty): what a one-line error
+    that wraps a library's exception quotes of it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

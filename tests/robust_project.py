@@ -144,3 +144,49 @@ def spawn(params: Path, *args: str) -> subprocess.Popen[str]:
         text=True,
         start_new_session=True,  # its own process group: dask workers die with it on SIGKILL
     )
+
+
+# Run the CLI in a process that SIGKILLs itself at the n-th call of one function: a kill at an
+# exact phase of a stage (argv: module, attribute path, n, "before" or "after", CLI args...).
+_DIE_AT = """
+import functools, importlib, os, signal, sys
+module, attr, n, when, *args = sys.argv[1:]
+owner = importlib.import_module(module)
+*path, name = attr.split(".")
+for part in path:
+    owner = getattr(owner, part)
+original, calls = getattr(owner, name), [0]
+
+@functools.wraps(original)
+def dying(*a, **k):
+    calls[0] += 1
+    if calls[0] == int(n) and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = original(*a, **k)
+    if calls[0] == int(n) and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+setattr(owner, name, dying)
+from structkd.cli import app
+sys.argv = ["structkd", *args]
+app()
+"""
+
+
+def run_killed(params: Path, target: str, n: int, when: str, *args: str) -> None:
+    """Run ``structkd ARGS --params PARAMS`` in a process that SIGKILLs itself ``when`` ("before"
+    or "after") the ``n``-th call of ``target`` (``module:attribute.path``); fails the test
+    unless the process died that way."""
+    module, attr = target.split(":")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-c", _DIE_AT, module, attr, str(n), when]
+    result = subprocess.run(
+        [*command, *args, "--params", str(params)],
+        cwd=params.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == -9, (result.returncode, result.stdout, result.stderr)

@@ -323,3 +323,201 @@ def test_features_rows_differ_from_corpus_shard(project: Path) -> None:
         "re-run `structkd stage embed`"
     )
     knowledge_not_served(project, "de", shard.name)
+
+
+# ---- values out of range, settings that cannot work together (issue 15) ---------------------
+
+
+def set_params(params: Path, section: str, **values: object) -> None:
+    """Change keys of one section of ``params``."""
+    raw = yaml.safe_load(params.read_text("utf-8"))
+    raw[section].update(values)
+    write_params(params, raw)
+
+
+def cache_snapshot(params: Path) -> dict[str, tuple[int, int, bytes]]:
+    """:func:`snapshot` of ``knowledge/`` without its lock files (taken by every export)."""
+    found = snapshot(params.parent / "knowledge")
+    return {name: v for name, v in found.items() if not name.endswith(".lock")}
+
+
+OUTPUTS = {  # what each stage would write (must stay exactly as before a refused run)
+    "prepare": "data/prepared",
+    "train-teacher": "models/teachers",
+    "export-teachers": "knowledge",
+    "train-student": "models/students",
+}
+
+# the keys the issue names, one CLI run each (every key and bound is covered in-process by
+# tests/test_params.py::test_out_of_range_value_is_one_line, generated from the declarations)
+RANGE_ROWS = [
+    ("prepare", "shard_size", -5, "[1, inf)", ["prepare"]),
+    ("teacher", "dropout", 1.5, "[0, 1)", ["train-teacher", "en"]),
+    ("teacher", "max_epochs", 0, "[1, inf)", ["train-teacher", "en"]),
+    ("export", "k", 0, "[1, 32767]", ["export-teachers"]),
+    ("export", "workers", 0, "[1, inf)", ["export-teachers"]),
+    ("student", "k", 0, "[1, 32767]", ["train-student", "topwk"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "allowed", "stage"),
+    RANGE_ROWS,
+    ids=[f"{s}.{k}={v}" for s, k, v, _, _ in RANGE_ROWS],
+)
+def test_out_of_range_value(
+    project: Path, section: str, key: str, value: object, allowed: str, stage: list[str]
+) -> None:
+    """One line naming key, value and range; the stage's outputs are untouched (export.k: 0
+    used to delete every knowledge shard, shard_size: -5 a prepared split, workers: 0 hung)."""
+    set_params(project, section, **{key: value})
+    output = project.parent / OUTPUTS[stage[0]]
+    before = cache_snapshot(project) if stage[0] == "export-teachers" else snapshot(output)
+    line = cli_error(project, "stage", *stage)
+    assert line == f"Error: {project}: {section}.{key}: {value} is not in {allowed}"
+    assert (
+        cache_snapshot(project) if stage[0] == "export-teachers" else snapshot(output)
+    ) == before
+
+
+def test_student_k_above_export_k(project: Path) -> None:
+    set_params(project, "student", k=6, methods=["posterior", "topk"])
+    line = student_fails(project)
+    assert line == (
+        f"Error: {project}: student.k: 6 is more than export.k: 5 (method topk reads the "
+        "k-best paths the export keeps); lower student.k or raise export.k"
+    )
+
+
+def test_workers_option_zero(project: Path) -> None:
+    """``--workers 0`` used to delete the shards it meant to recompute, then wait forever."""
+    set_params(project, "export", k=4)  # stale knowledge: the export would recompute it
+    before = cache_snapshot(project)
+    line = cli_error(project, "stage", "export-teachers", "--workers", "0")
+    assert line == "Error: --workers: 0 is not in [1, inf)"
+    assert cache_snapshot(project) == before
+
+
+def test_scheduler_that_does_not_answer(project: Path) -> None:
+    """A scheduler address nobody listens on: one line after export.timeout, cache untouched."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{free.getsockname()[1]}"
+    set_params(project, "export", k=4, timeout=2.0)
+    before = cache_snapshot(project)
+    line = cli_error(project, "stage", "export-teachers", "--scheduler", address)
+    assert line == (
+        f"Error: --scheduler {address}: no dask scheduler answered within 2 s (export.timeout)"
+    )
+    assert cache_snapshot(project) == before
+
+
+def test_cluster_without_workers(project: Path) -> None:
+    """A scheduler that never gets a worker: one line after export.timeout, cache untouched."""
+    from dask.distributed import LocalCluster
+
+    set_params(project, "export", k=4, timeout=2.0)
+    before = cache_snapshot(project)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        address = cluster.scheduler_address
+        line = cli_error(project, "stage", "export-teachers", "--scheduler", address)
+    assert line == (
+        f"Error: scheduler {address}: no worker joined within 2 s (export.timeout); "
+        "start one with `dask worker <scheduler address>`"
+    )
+    assert cache_snapshot(project) == before
+
+
+def test_non_utf8_params(project: Path) -> None:
+    data = project.read_bytes().replace(b"task: upos", b"task: up\xf6s")
+    project.write_bytes(data)
+    line = prepare_fails(project)
+    number = data[: data.index(b"\xf6")].count(b"\n") + 1
+    assert line == f"Error: {project}:{number}: not valid UTF-8 (byte 0xf6)"
+
+
+# ---- files structkd is pointed at: models, Parquet, text (issue 15) --------------------------
+
+
+def command_error(*args: str) -> str:
+    """Run ``structkd ARGS`` (no --params) in-process expecting one ``Error:`` line, exit 1."""
+    from typer.testing import CliRunner
+
+    from structkd.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    return error_line(result.output)
+
+
+def test_knowledge_show_on_other_parquet(project: Path, tmp_path: Path) -> None:
+    prepared = project.parent / "data" / "prepared" / "en" / "train" / "part-00000.parquet"
+    line = command_error("knowledge", "show", str(prepared))
+    assert line == f"Error: {prepared}: holds a prepared table, expected knowledge"
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), plain)
+    line = command_error("knowledge", "show", str(plain))
+    assert line == f"Error: {plain}: not a structkd shard (its footer has no structkd metadata)"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing", "config"])
+def test_predict_with_damaged_model(project: Path, damage: str) -> None:
+    model = project.parent / "models" / "teachers" / "en"
+    weights, config = model / "model.safetensors", model / "config.json"
+    text = project.parent / "input.txt"
+    text.write_text("The cat sat .\n", "utf-8")
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00" * 64)
+    elif damage == "missing":
+        weights.unlink()
+    else:
+        config.write_text(config.read_text("utf-8")[:50], "utf-8")
+    line = command_error("predict", "--model", str(model), str(text))
+    expected = {
+        "truncated": rf"Error: {re.escape(str(weights))}: not a valid safetensors file \(.+\)",
+        "garbage": rf"Error: {re.escape(str(weights))}: not a valid safetensors file \(.+\)",
+        "missing": rf"Error: {re.escape(str(weights))}: not found \(the model directory is "
+        r"incomplete\)",
+        "config": rf"Error: {re.escape(str(config))}: not a valid model config \(.+\)",
+    }[damage]
+    assert re.fullmatch(expected, line), line
+
+
+def test_predict_non_utf8_text(project: Path) -> None:
+    model = project.parent / "models" / "teachers" / "en"
+    text = project.parent / "input.txt"
+    text.write_bytes(b"The cat sat .\nLe caf" + b"\xe9 .\n")
+    line = command_error("predict", "--model", str(model), str(text))
+    assert line == f"Error: {text}:2: not valid UTF-8 (byte 0xe9)"
+
+
+def test_student_k_below_export_k_trains_topk(project: Path) -> None:
+    """``student.k: 4`` of ``export.k: 5`` paths trains topk (the stream keeps the best 4)."""
+    from robust_project import cli
+
+    set_params(project, "student", k=4, max_epochs=1, methods=["topk"])
+    output = cli(project, "stage", "train-student", "topk")
+    assert re.search(r"student topk: test en \d+\.\d\d de \d+\.\d\d avg", output), output
+    metrics = json.loads(
+        (project.parent / "models" / "students" / "topk" / "metrics.json").read_text("utf-8")
+    )
+    assert metrics["method"] == "topk" and 0 < metrics["test"]["avg"] <= 100
+
+
+def test_resume_from_truncated_checkpoint(project: Path) -> None:
+    teacher = project.parent / "models" / "teachers" / "en"
+    checkpoint = teacher / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    before = snapshot(teacher)
+    line = cli_error(project, "stage", "train-teacher", "en", "--resume")
+    assert re.fullmatch(
+        rf"Error: {re.escape(str(checkpoint))}: not a readable checkpoint \(.+\); "
+        "run without --resume to start over",
+        line,
+    ), line
+    assert snapshot(teacher) == before

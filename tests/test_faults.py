@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -26,11 +27,13 @@ from robust_project import (
     base_project,
     cli,
     cli_error,
+    run_killed,
     same_tree,
     snapshot,
     spawn,
 )
 
+from structkd.storage.io import staging_dir
 from structkd.storage.manifest import read_manifest, verify
 
 pytestmark = pytest.mark.slow  # builds a project and runs stages up to export
@@ -123,10 +126,12 @@ def test_student_killed_mid_epoch_resumes_to_same_weights(base: Path, tmp_path: 
         projects.append(write_params(params, raw))
     reference = spawn(projects[0], "stage", "train-student", "posterior")
     out = projects[1].parent / "models" / "students" / "posterior"
+    work = staging_dir(out)  # where a run trains until it finished
     process = spawn(projects[1], "stage", "train-student", "posterior")
-    wait_for(lambda: (out / "checkpoint.pt").exists(), process, "the first checkpoint")
+    wait_for(lambda: (work / "checkpoint.pt").exists(), process, "the first checkpoint")
     kill(process)
-    assert student_checkpoint(out)["epoch"] < 3, "the kill should land before the last epoch"
+    assert student_checkpoint(work)["epoch"] < 3, "the kill should land before the last epoch"
+    assert not out.exists(), "an unfinished run must not appear as a model"
 
     output = finish(spawn(projects[1], "stage", "train-student", "posterior", "--resume"))
     assert re.search(r"student posterior: resuming after epoch \d", output), output
@@ -139,6 +144,100 @@ def test_student_killed_mid_epoch_resumes_to_same_weights(base: Path, tmp_path: 
         assert torch.equal(tensor, resumed["model"][name]), name
     losses = [row["train_loss"] for row in expected["history"]]
     assert [row["train_loss"] for row in resumed["history"]] == losses
+    assert not work.exists()
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Hidden staging or old copies of outputs in ``folder`` (a swap that did not finish)."""
+    return sorted(folder.glob(".*.tmp"))
+
+
+# (function to die at, its n-th call, before or after it, what the output must then be)
+PREPARE_PHASES = [
+    ("structkd.pipeline.prepare:write_table_atomic", 3, "before", "old"),  # staging shards
+    ("structkd.pipeline.labels:LabelSet.save", 1, "before", "old"),  # every shard staged
+    ("pathlib:Path.rename", 1, "before", "old"),  # the swap not begun
+    ("pathlib:Path.rename", 2, "before", "none"),  # old moved aside, new not yet in
+    ("pathlib:Path.rename", 2, "after", "new"),  # new in, old not yet removed
+]
+
+
+def check_left(folder: Path, before: dict, left: str, keep: Path) -> None:
+    """``folder`` after a kill is the old output (unchanged, not even rewritten), none, or a
+    complete new one (copied to ``keep`` to compare with the rerun)."""
+    if left == "old":
+        assert snapshot(folder) == before
+    elif left == "none":
+        assert not folder.exists()
+    else:
+        shutil.copytree(folder, keep)
+
+
+@pytest.mark.parametrize(
+    ("target", "n", "when", "left"),
+    PREPARE_PHASES,
+    ids=[f"{t}#{n}-{w}" for t, n, w, _ in PREPARE_PHASES],
+)
+def test_prepare_killed_at_each_phase(
+    base: Path, tmp_path: Path, target: str, n: int, when: str, left: str
+) -> None:
+    """SIGKILL at each phase of prepare (new shard size, so old and new outputs differ): the
+    old data/prepared stays as it was, or is absent, or is the complete new one; never some
+    splits of each or a split missing shards. The rerun completes and leaves nothing hidden."""
+    params = copy_project(base, tmp_path / "project")
+    data = params.parent / "data"
+    before = snapshot(data / "prepared")
+    raw = yaml.safe_load(params.read_text("utf-8"))
+    raw["prepare"]["shard_size"] = 5
+    write_params(params, raw)
+    run_killed(params, target, n, when, "stage", "prepare")
+    check_left(data / "prepared", before, left, tmp_path / "left")
+
+    cli(params, "stage", "prepare")
+    assert len(list((data / "prepared" / "en" / "train").glob("*.parquet"))) == 10  # 48 / 5
+    if left == "new":
+        assert same_tree(tmp_path / "left", data / "prepared")
+    assert leftovers(data) == []
+
+
+TRAIN_PHASES = [
+    ("structkd.pipeline.training:_save_checkpoint", 2, "before", "old"),  # mid-training
+    ("structkd.pipeline.training:write_json", 1, "before", "old"),  # trained, not yet scored
+    ("pathlib:Path.rename", 2, "before", "none"),  # old moved aside, new not yet in
+    ("pathlib:Path.rename", 2, "after", "new"),  # new in, old not yet removed
+]
+
+
+@pytest.mark.parametrize(
+    ("target", "n", "when", "left"),
+    TRAIN_PHASES,
+    ids=[f"{t}#{n}-{w}" for t, n, w, _ in TRAIN_PHASES],
+)
+def test_teacher_retrain_killed_at_each_phase(
+    base: Path, tmp_path: Path, target: str, n: int, when: str, left: str
+) -> None:
+    """SIGKILL at each phase of retraining a teacher with another seed: its old model folder
+    (weights, metrics.json) stays as it was, or is absent, or is the complete new model; never
+    new weights beside old metrics. ``--resume`` then finishes the interrupted run."""
+    params = copy_project(base, tmp_path / "project")
+    teacher = params.parent / "models" / "teachers" / "en"
+    before = snapshot(teacher)
+    raw = yaml.safe_load(params.read_text("utf-8"))
+    raw["teacher"]["seed"] = 4
+    write_params(params, raw)
+    run_killed(params, target, n, when, "stage", "train-teacher", "en")
+    check_left(teacher, before, left, tmp_path / "left")
+
+    output = cli(params, "stage", "train-teacher", "en", "--resume")
+    if target.endswith("_save_checkpoint"):
+        assert "teacher en: resuming after epoch 0" in output
+    assert {"metrics.json", "model.safetensors", "config.json", "checkpoint.pt"} <= {
+        p.name for p in teacher.iterdir()
+    }
+    assert torch.load(teacher / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    if left == "new":
+        assert same_tree(tmp_path / "left", teacher)
+    assert leftovers(teacher.parent) == []
 
 
 def test_two_exports_into_one_cache_at_once(base: Path, tmp_path: Path) -> None:

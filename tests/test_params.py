@@ -1,15 +1,31 @@
-"""params.yaml is validated strictly: unknown keys are named with a suggestion."""
+"""params.yaml is validated strictly: unknown keys are named with a suggestion, every numeric key
+is checked against the range it declares (a generated table covers every key by construction)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import pytest
 import yaml
 
 from structkd.errors import ConfigError
-from structkd.pipeline.params import Params, load_params, parse_params
+from structkd.pipeline.params import (
+    EDGE_METHODS,
+    KBEST_METHODS,
+    RANGE,
+    CorpusSpec,
+    Params,
+    Range,
+    load_params,
+    parse_params,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,9 +141,174 @@ def test_dev_split_and_train_limit() -> None:
     assert select(sentences[:3], "test", limited) == [0, 1, 2]
     for bad in (0, -5):
         spec["test_limit"] = bad
-        with pytest.raises(ConfigError, match="data.languages.en.test_limit must be a positive"):
+        with pytest.raises(
+            ConfigError, match=rf"data.languages.en.test_limit: {bad} is not in \[1, inf\)"
+        ):
             parse_params(raw)
     del spec["test_limit"]
     spec["dev"] = "b"
     with pytest.raises(ConfigError, match="has both dev and dev_split"):
         parse_params(raw)
+
+
+# ---- ranges: one declaration per numeric key, one generated row per bound -------------------
+
+
+def _numeric(hint: Any) -> type | None:
+    """``int`` or ``float`` when ``hint`` is one of them (optionally ``| None``), else None."""
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        return _numeric(options[0]) if len(options) == 1 else None
+    return hint if hint in (int, float) else None
+
+
+def _sections(cls: type, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], type]]:
+    """Every dataclass reachable from ``cls`` with the key path to it (``*`` for a mapping)."""
+    yield path, cls
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if get_origin(hint) is dict:
+            hint = get_args(hint)[1]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            sub = (f.name,) if hint is not CorpusSpec else (f.name, "en")
+            yield from _sections(hint, path + sub)
+
+
+def numeric_fields() -> list[tuple[str, type, dataclasses.Field[Any]]]:
+    """(dotted key, int or float, field) of every numeric key of params.yaml (corpus keys as
+    ``data.languages.en.*``; the zero-shot ones are the same declarations)."""
+    found = []
+    for path, cls in _sections(Params, ()):
+        if path[:2] == ("data", "zero_shot"):
+            continue
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = _numeric(hints[f.name])
+            if kind is not None:
+                found.append((".".join((*path, f.name)), kind, f))
+    return found
+
+
+def outside(allowed: Range, kind: type) -> list[float]:
+    """One value just beyond each bound of ``allowed``, plus NaN and inf for a float."""
+    values = [
+        *([allowed.ge - 1] if allowed.ge is not None else []),
+        *([allowed.gt] if allowed.gt is not None else []),
+        *([allowed.le + 1] if allowed.le is not None else []),
+        *([allowed.lt] if allowed.lt is not None else []),
+    ]
+    values = [kind(v) for v in values]
+    return values + ([math.nan, math.inf, -math.inf] if kind is float else [])
+
+
+def inside(allowed: Range, kind: type) -> list[float]:
+    """The values at (or, for an open bound, just within) each bound of ``allowed``."""
+    step = 1 if kind is int else 1e-6
+    values = [
+        *([allowed.ge] if allowed.ge is not None else []),
+        *([allowed.gt + step] if allowed.gt is not None else []),
+        *([allowed.le] if allowed.le is not None else []),
+        *([allowed.lt - step] if allowed.lt is not None else []),
+    ]
+    return [kind(v) for v in values]
+
+
+def with_value(key: str, value: object) -> dict:
+    """The minimal params with ``key`` (dotted) set to ``value``; methods without k-best paths
+    or edge marginals, so that no cross-key rule applies."""
+    raw = copy.deepcopy(_minimal())
+    raw["student"] = {"methods": ["baseline"]}
+    *parents, name = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[name] = value
+    if name == "dev_split" and value:  # a held-out dev replaces the dev file
+        del node["dev"]
+    return raw
+
+
+def test_every_numeric_key_declares_its_range() -> None:
+    """A new int or float key without ``ranged(...)`` fails here, so the table below covers it."""
+    fields = numeric_fields()
+    assert len(fields) > 25  # the walk reaches every section (and the corpus specs)
+    undeclared = [key for key, _, f in fields if not isinstance(f.metadata.get(RANGE), Range)]
+    assert undeclared == []
+
+
+ROWS = [
+    (key, value) for key, kind, f in numeric_fields() for value in outside(f.metadata[RANGE], kind)
+]
+
+
+@pytest.mark.parametrize(("key", "value"), ROWS, ids=[f"{k}={v}" for k, v in ROWS])
+def test_out_of_range_value_is_one_line(key: str, value: float) -> None:
+    allowed = {k: f.metadata[RANGE] for k, _, f in numeric_fields()}[key]
+    with pytest.raises(ConfigError) as caught:
+        parse_params(with_value(key, value))
+    assert str(caught.value) == f"params.yaml: {key}: {value!r} is not in {allowed}"
+
+
+def test_values_at_the_bounds_load() -> None:
+    """Each bound is where the declaration says: the value at a closed bound (or just inside an
+    open one) loads, and keeps its value."""
+    checked = 0
+    for key, kind, f in numeric_fields():
+        for value in inside(f.metadata[RANGE], kind):
+            node: Any = parse_params(with_value(key, value))
+            for part in key.split("."):
+                node = node[part] if isinstance(node, dict) else getattr(node, part)
+            assert node == value, key
+            checked += 1
+    assert checked >= len(ROWS) // 2
+
+
+def test_range_notation() -> None:
+    assert str(Range(ge=0, lt=1)) == "[0, 1)"
+    assert str(Range(gt=0)) == "(0, inf)"
+    assert str(Range(ge=1, le=32767)) == "[1, 32767]"
+    assert str(Range()) == "(-inf, inf)"
+    assert Range().allows(-7) and not Range().allows(math.nan)
+
+
+def test_method_groups_match_the_registry() -> None:
+    """The cross-key rules know which methods read k-best paths or edge marginals."""
+    from structkd.pipeline.losses import KD_METHODS
+
+    assert {m for m, d in KD_METHODS.items() if "topk_tags" in d.columns} == KBEST_METHODS
+    assert {m for m, d in KD_METHODS.items() if "edge_sums" in d.columns} == EDGE_METHODS
+
+
+@pytest.mark.parametrize("method", sorted(KBEST_METHODS))
+def test_student_k_above_export_k_is_refused(method: str) -> None:
+    raw = _minimal()
+    raw["export"] = {"k": 4}
+    raw["student"] = {"methods": ["baseline", method], "k": 5}
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw)
+    assert str(caught.value) == (
+        f"params.yaml: student.k: 5 is more than export.k: 4 (method {method} reads the k-best "
+        "paths the export keeps); lower student.k or raise export.k"
+    )
+    raw["student"]["k"] = 4
+    assert parse_params(raw).student.k == 4
+    raw["student"] = {"methods": ["posterior"], "k": 5}  # no k-best method: k is not read
+    assert parse_params(raw).student.k == 5
+
+
+def test_structural_needs_edge_marginals() -> None:
+    raw = _minimal()
+    raw["export"] = {"edge_marginals": False}
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw)
+    assert str(caught.value) == (
+        "params.yaml: student.methods lists structural, which needs export.edge_marginals: true"
+    )
+
+
+def test_non_utf8_params_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"data:\n  task: caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value) == f"{path}:2: not valid UTF-8 (byte 0xe9)"

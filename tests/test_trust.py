@@ -173,9 +173,9 @@ def test_trust_in_teachers_far_better_trains_as_without_trust(
 @pytest.mark.parametrize(
     ("section", "key", "value", "problem"),
     [
-        ("student", "trust_margin", 0.0, "student.trust_margin must be > 0"),
+        ("student", "trust_margin", 0.0, r"student.trust_margin: 0.0 is not in \(0, inf\)"),
         ("student", "trust", "always", "student.trust: 'always' is not one of none, dev"),
-        ("teacher", "ensemble", 0, "teacher.ensemble must be >= 1"),
+        ("teacher", "ensemble", 0, r"teacher.ensemble: 0 is not in \[1, inf\)"),
     ],
 )
 def test_bad_trust_and_ensemble_settings_are_one_line(

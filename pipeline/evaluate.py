@@ -7,20 +7,21 @@ Writes ``metrics/<model>.json`` (one row per model in ``dvc metrics show``),
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from structkd.pipeline.evaluation import (
-    evaluate_ensemble,
-    evaluate_split,
-    evaluate_splits,
-    load_splits,
-)
+import numpy as np
+import torch
+
+from structkd.pipeline.data import Split, iterate
+from structkd.pipeline.ensemble import mix, teacher_knowledge
+from structkd.pipeline.evaluation import evaluate_split, evaluate_splits, load_splits, predict_split
 from structkd.pipeline.layout import Layout
-from structkd.pipeline.metrics import headline
-from structkd.pipeline.models import load_tagger
+from structkd.pipeline.metrics import headline, score
+from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.params import Params
 from structkd.pipeline.report import markdown_table, with_averages, write_bars, write_csv
 from structkd.pipeline.training import write_json
+from structkd.storage import ragged
 
 Table = dict[str, dict[str, float]]
 
@@ -42,12 +43,51 @@ def run(params: Params, layout: Layout, echo: Callable[[str], None] = print) -> 
     return table
 
 
+def predict_split_ensemble(
+    members: Sequence[Tagger], split: Split, k: int, max_tokens: int = 4000
+) -> list[np.ndarray]:
+    """The ensemble's label ids: per sentence, the path the mixture ``1/M Σ_i p_i`` finds most
+    probable among the union of its members' k-best (what its knowledge ranks first).
+
+    The mixture's exact MAP path is intractable (it is not a CRF); every member's Viterbi path is
+    in the union, so this is never worse by the mixture than any member's own decoding. One
+    member is decoded by its Viterbi (:func:`predict_split`).
+    """
+    if len(members) == 1:
+        return predict_split(members[0], split, max_tokens)
+    lengths = np.array([len(t) for t in split.tokens], np.int64)
+    offsets = ragged.offsets(lengths)
+    knowledge = []
+    for model in members:
+        model.eval()
+        emissions = np.empty((int(offsets[-1]), model.config.n_tags), np.float64)
+        for batch in iterate(split, max_tokens):
+            assert batch.index is not None  # iterate() numbers every batch's sentences
+            words = batch.tokens if model.config.has_lexicon else None
+            with torch.inference_mode():
+                scores = model.emissions(batch.features, batch.mask, words).double().numpy()
+            for row, i in enumerate(batch.index):
+                emissions[offsets[i] : offsets[i + 1]] = scores[row, : lengths[i]]
+        crf = model.crf.numpy_params()
+        knowledge.append(teacher_knowledge(emissions, lengths, crf, k=k, edges=False))
+    best = mix(knowledge, lengths, k=1).kbest_tags.astype(np.int64)
+    return [best[offsets[i] : offsets[i + 1]] for i in range(len(lengths))]
+
+
+def evaluate_ensemble(
+    members: Sequence[Tagger], split: Split, k: int, max_tokens: int = 4000
+) -> dict[str, float]:
+    """Scores of the ensemble of ``members`` on ``split`` (:func:`predict_split_ensemble`)."""
+    predicted = predict_split_ensemble(members, split, k, max_tokens)
+    return score(split.tags, predicted, members[0].labels, split.scheme)
+
+
 def score_models(params: Params, layout: Layout, echo: Callable[[str], None] = print) -> Table:
     """Headline test score of each teacher and student method per language.
 
     Teachers are scored on their own language; on a zero-shot language the Teachers row is the
     mean over all teachers. A teacher ensemble is decoded as the mixture it is distilled as
-    (:func:`~structkd.pipeline.evaluation.predict_split_ensemble`); with more than one member
+    (:func:`predict_split_ensemble`); with more than one member
     the ``Members`` row adds the mean of its members' own scores.
     """
     langs, zero_shot = list(params.data.languages), list(params.data.zero_shot)

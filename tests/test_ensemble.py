@@ -17,7 +17,8 @@ from structkd.pipeline import crf_kernels
 from structkd.pipeline.crf import CRF
 from structkd.pipeline.data import Split
 from structkd.pipeline.ensemble import TeacherKnowledge, mix, path_log_probs, teacher_knowledge
-from structkd.pipeline.evaluation import predict_split, predict_split_ensemble
+from structkd.pipeline.evaluate import predict_split_ensemble
+from structkd.pipeline.evaluation import predict_split
 from structkd.pipeline.export import ShardJob, export_shard, teacher_emissions
 from structkd.pipeline.export_teachers import knowledge_inputs, plan_export
 from structkd.pipeline.labels import LabelSet

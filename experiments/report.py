@@ -48,6 +48,8 @@ SUPPLEMENTS = {
     "--methods baseline",
     "pilot-conll-layer8": "python experiments/run.py pilot-conll-layer8 --seeds 1 "
     "--methods baseline",
+    "pilot-conll-layer8-ens3": "python experiments/run.py pilot-conll-layer8-ens3 --seeds 1 "
+    "--methods baseline posterior pos+topwk structural",
     "pilot-conll-layer12": "python experiments/run.py pilot-conll-layer12 --seeds 1 "
     "--methods baseline",
 }

@@ -84,7 +84,6 @@ def run(
         extra=encoder_settings(params.embed, features_encoder(layout, lang)),  # for `predict`
     )
     members = layout.teacher_members(lang, cfg.seeds)
-    (layout.teacher(lang) / "members").mkdir(parents=True, exist_ok=True)  # a dvc out, even empty
     lines, scores = [], []
     for seed, out in zip(cfg.seeds, members, strict=True):
         member = replace(cfg, seed=seed)
@@ -101,6 +100,8 @@ def run(
             fingerprint=run_fingerprint(member, labels.digest(), len(train)),
             resume=resume,
             desc=desc,
+            # the first member's folder holds the others': a dvc out, even for a single teacher
+            subdirs=("members",) if out == members[0] else (),
         )
         assert metrics is not None  # one process: always the main one
         scores.append((headline(metrics["dev"]), headline(metrics["test"])))

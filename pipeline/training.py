@@ -20,7 +20,7 @@ import json
 import pickle
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -278,6 +278,7 @@ def train_tagger(
     desc: str = "train",
     join: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     main_process: bool = True,
+    subdirs: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Fit ``model`` (selected on the micro dev score), reload the best, score dev and test.
 
@@ -285,7 +286,9 @@ def train_tagger(
     test split stops the run before it starts). Training happens in the hidden
     :func:`staging_dir` of ``out`` (model, checkpoint, history, then metrics.json), which
     replaces ``out`` as a whole only when the run finished: an interrupted run leaves the old
-    model directory as it was (and its own work for ``resume``). Returns the metrics (None on a
+    model directory as it was (and its own work for ``resume``). ``subdirs`` are folders the
+    finished ``out`` holds even when empty (a DVC out such as an ensemble's ``members``), made
+    in the staging directory so that they arrive with the swap. Returns the metrics (None on a
     non-main process, which leaves the process group and writes nothing).
     """
     work = staging_dir(out)
@@ -316,6 +319,8 @@ def train_tagger(
     best = load_tagger(work)
     metrics = objective.summary(evaluate_splits(best, dev), evaluate_splits(best, test))
     write_json(metrics, work / "metrics.json")
+    for name in subdirs:
+        (work / name).mkdir(exist_ok=True)
     replace_dir(work, out)
     return metrics
 

@@ -15,7 +15,10 @@ run it.
 
 A params file may add an ``experiment:`` section of run-level options that are not pipeline
 params: ``teacher_train_limit: N`` trains the teachers in ``runs/<task>/teachers`` on N sentences
-per language (the teacher-quality ablation, ``experiments/conll-strong.yaml``).
+per language (the teacher-quality ablation, ``experiments/conll-strong.yaml``);
+``teachers_of: NAME`` links ``runs/NAME/base`` in as this experiment's base, so that student-only
+variants (another K, trust on) reuse NAME's features, teachers and knowledge; the two files must
+then agree on every section the base reads (data, prepare, embed, teacher, export).
 
 Finished seeds are copied into the committed ``experiments/results/<task>`` (metrics, learning
 curves, sizes, wall times) and ``reports/results.md`` is built from there alone by
@@ -139,8 +142,10 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
     """Teachers once, then every (seed, method) student, then evaluate each seed."""
     task_dir = RUNS / task
     base = task_dir / "base"
-    base.mkdir(parents=True, exist_ok=True)
     params, experiment = absolute_params(task)
+    if "teachers_of" in experiment:
+        link_base(task, experiment["teachers_of"], params)
+    base.mkdir(parents=True, exist_ok=True)
     params["student"]["methods"] = methods
     (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = task_dir / "log.txt"
@@ -177,6 +182,26 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
             if seconds is not None:
                 record_time(task_dir, f"student {method} seed {seed}", seconds)
         stage(project, "evaluate", log=log)
+
+
+SHARED_SECTIONS = ("data", "prepare", "embed", "teacher", "export")
+
+
+def link_base(task: str, owner: str, params: dict) -> None:
+    """Make ``runs/<task>/base`` a link to ``runs/<owner>/base`` once the two params files are
+    shown to agree on what the base computes (else the shared teachers would be the wrong ones)."""
+    theirs, _ = absolute_params(owner)
+    for section in SHARED_SECTIONS:
+        if params.get(section) != theirs.get(section):
+            raise SystemExit(
+                f"experiments/{task}.yaml: teachers_of {owner}, but its {section} "
+                f"section differs from experiments/{owner}.yaml's"
+            )
+    target, base = RUNS / owner / "base", RUNS / task / "base"
+    target.mkdir(parents=True, exist_ok=True)
+    if not base.is_symlink():
+        base.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, base)
 
 
 def prepare_and_embed(project: Path, task_dir: Path, log: Path, timed_as: str = "") -> None:

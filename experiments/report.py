@@ -53,7 +53,7 @@ SUPPLEMENTS = {
     "pilot-conll-layer8-ens3-trust": "python experiments/run.py pilot-conll-layer8-ens3-trust "
     "--seeds 1 --methods baseline topk posterior pos+topwk structural",
     "pilot-conll-layer8-ens3-k1": "python experiments/run.py pilot-conll-layer8-ens3-k1 "
-    "--seeds 1 --methods topk topwk pos+topwk",
+    "--seeds 1 --methods baseline topk topwk pos+topwk",
     "pilot-conll-layer12": "python experiments/run.py pilot-conll-layer12 --seeds 1 "
     "--methods baseline",
 }

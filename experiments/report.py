@@ -54,6 +54,8 @@ SUPPLEMENTS = {
     "--seeds 1 --methods baseline topk posterior pos+topwk structural",
     "pilot-conll-layer8-ens3-k1": "python experiments/run.py pilot-conll-layer8-ens3-k1 "
     "--seeds 1 --methods baseline topk topwk pos+topwk",
+    "pilot-conll-layer8-ens3-grid": "python experiments/run.py pilot-conll-layer8-ens3-grid "
+    "--seeds 1 --methods baseline posterior pos+topwk",
     "pilot-conll-layer12": "python experiments/run.py pilot-conll-layer12 --seeds 1 "
     "--methods baseline",
 }
@@ -170,6 +172,7 @@ def render(name: str, result: dict, command: str, figures: Path) -> list[str]:
         if model in table:
             cells = [cell(scores(table, model, c)) for c in columns]
             lines.append(f"| {LABELS.get(model, model)} | " + " | ".join(cells) + " |")
+    lines += grid_table(result["folder"], metric)
     paper = PAPER.get(task)
     if paper:
         lines += ["", f"Paper ({paper['source']}):", ""]
@@ -199,6 +202,31 @@ def render(name: str, result: dict, command: str, figures: Path) -> list[str]:
         f"on average. Command: `{command}`.",
         "",
     ]
+    return lines
+
+
+def grid_table(folder: Path, metric: str) -> list[str]:
+    """The dev grid a run chose its KD settings on (``grid.json``; none: no lines), the chosen
+    setting in bold: the table above uses it for every seed."""
+    path = folder / "grid.json"
+    if not path.exists():
+        return []
+    grid = json.loads(path.read_text())
+    tags = list(next(iter(grid["dev"].values())))
+    keys = ", ".join(grid["grid"])
+    lines = [
+        "",
+        f"Settings chosen on dev ({keys}): mean dev {metric} over the teacher languages with "
+        f"student seed {grid['seed']}, the chosen one in bold (test is not looked at).",
+        "",
+        "| method | " + " | ".join(tag.replace("_", ", ") for tag in tags) + " |",
+        "|---" * (len(tags) + 1) + "|",
+    ]
+    for method, row in grid["dev"].items():
+        cells = [
+            f"**{row[t]:.2f}**" if t == grid["chosen"][method] else f"{row[t]:.2f}" for t in tags
+        ]
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
     return lines
 
 

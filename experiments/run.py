@@ -18,7 +18,9 @@ params: ``teacher_train_limit: N`` trains the teachers in ``runs/<task>/teachers
 per language (the teacher-quality ablation, ``experiments/conll-strong.yaml``);
 ``teachers_of: NAME`` links ``runs/NAME/base`` in as this experiment's base, so that student-only
 variants (another K, trust on) reuse NAME's features, teachers and knowledge; the two files must
-then agree on every section the base reads (data, prepare, embed, teacher, export).
+then agree on every section the base reads (data, prepare, embed, teacher, export);
+``grid: {KEY: [values], ...}`` (student keys) chooses each KD method's setting on dev with the
+first seed (``choose_on_dev``), and every seed then trains each method with its chosen setting.
 
 Finished seeds are copied into the committed ``experiments/results/<task>`` (metrics, learning
 curves, sizes, wall times) and ``reports/results.md`` is built from there alone by
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -63,10 +66,11 @@ def absolute_params(task: str) -> tuple[dict, dict]:
     return params, experiment
 
 
-def stage(project: Path, *args: str, log: Path) -> float:
-    """Run ``structkd stage ...`` in ``project``; its output goes to ``log``; returns seconds."""
+def stage(project: Path, *args: str, log: Path, params: str = "params.yaml") -> float:
+    """Run ``structkd stage ...`` in ``project`` with its ``params`` file; its output goes to
+    ``log``; returns seconds."""
     began = time.perf_counter()
-    command = ["structkd", "stage", *args, "--params", str(project / "params.yaml")]
+    command = ["structkd", "stage", *args, "--params", str(project / params)]
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(command)}\n")
         out.flush()
@@ -112,7 +116,14 @@ def fingerprint(run_params: dict) -> dict:
     return json.loads(json.dumps({"params": run_params, "code": code_digest()}, sort_keys=True))
 
 
-def train(project: Path, out: Path, key: dict, args: tuple[str, ...], log: Path) -> float | None:
+def train(
+    project: Path,
+    out: Path,
+    key: dict,
+    args: tuple[str, ...],
+    log: Path,
+    params: str = "params.yaml",
+) -> float | None:
     """Run ``structkd stage *args`` for the run in ``out`` unless it finished with fingerprint
     ``key``; returns the seconds it took, None when skipped.
 
@@ -128,7 +139,7 @@ def train(project: Path, out: Path, key: dict, args: tuple[str, ...], log: Path)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").unlink(missing_ok=True)
         stored.write_text(json.dumps(key, indent=1) + "\n")
-    return stage(project, *args, *(("--resume",) if same else ()), log=log)
+    return stage(project, *args, *(("--resume",) if same else ()), log=log, params=params)
 
 
 def record_time(task_dir: Path, name: str, seconds: float) -> None:
@@ -163,25 +174,99 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
         if seconds is not None:
             record_time(task_dir, f"teacher {lang}", seconds)
     record_time(task_dir, "export", stage(base, "export-teachers", log=log))
+    chosen: dict[str, dict] = {}
+    if "grid" in experiment:
+        kd = [m for m in methods if m != "baseline"]
+        chosen = choose_on_dev(task_dir, params, experiment["grid"], kd, seeds[0], teacher_keys)
     for seed in seeds:
-        project = task_dir / f"seed-{seed}"
-        (project / "models" / "students").mkdir(parents=True, exist_ok=True)
-        for link, target in [
-            ("data", base / "data"),
-            ("knowledge", base / "knowledge"),
-            ("models/teachers", base / "models" / "teachers"),
-        ]:
-            if not (project / link).exists():
-                os.symlink(target, project / link)
+        project = student_project(task_dir / f"seed-{seed}", base)
         seeded = {**params, "student": {**params["student"], "seed": seed}}
         (project / "params.yaml").write_text(yaml.safe_dump(seeded, sort_keys=False))
         for method in methods:
-            key = fingerprint(student_params(seeded, method, teacher_keys))
+            setting = chosen.get(method, {})
+            run_params = {**seeded, "student": {**seeded["student"], **setting}}
+            file = f"params.{method}.yaml" if setting else "params.yaml"
+            if setting:
+                (project / file).write_text(yaml.safe_dump(run_params, sort_keys=False))
+            key = fingerprint(student_params(run_params, method, teacher_keys))
             out = project / "models" / "students" / method
-            seconds = train(project, out, key, ("train-student", method), log)
+            seconds = train(project, out, key, ("train-student", method), log, params=file)
             if seconds is not None:
                 record_time(task_dir, f"student {method} seed {seed}", seconds)
         stage(project, "evaluate", log=log)
+
+
+def student_project(project: Path, base: Path) -> Path:
+    """A project for students: its data, knowledge and teachers are links to the base's."""
+    (project / "models" / "students").mkdir(parents=True, exist_ok=True)
+    for link, target in [
+        ("data", base / "data"),
+        ("knowledge", base / "knowledge"),
+        ("models/teachers", base / "models" / "teachers"),
+    ]:
+        if not (project / link).exists():
+            os.symlink(target, project / link)
+    return project
+
+
+def grid_tag(setting: dict) -> str:
+    return "_".join(f"{key}-{value}" for key, value in setting.items())
+
+
+def choose_on_dev(
+    task_dir: Path,
+    params: dict,
+    grid: dict[str, list],
+    methods: list[str],
+    seed: int,
+    teacher_keys: dict[str, dict],
+) -> dict[str, dict]:
+    """Per KD method, the ``grid`` setting (student keys → values) whose student, trained with
+    ``seed``, has the best mean dev score over the teacher languages; test is never read.
+
+    Each setting trains in ``runs/<task>/grid/<tag>`` (skipped or resumed like every run); the
+    chosen one's model is copied into the seed's project so that it is not trained twice. The
+    grid's dev scores and the choice are written to ``runs/<task>/grid.json`` for the report.
+    """
+    log = task_dir / "log.txt"
+    settings = [
+        dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())
+    ]
+    dev: dict[str, dict[str, float]] = {method: {} for method in methods}
+    for setting in settings:
+        tag = grid_tag(setting)
+        project = student_project(task_dir / "grid" / tag, task_dir / "base")
+        run_params = {**params, "student": {**params["student"], "seed": seed, **setting}}
+        (project / "params.yaml").write_text(yaml.safe_dump(run_params, sort_keys=False))
+        for method in methods:
+            key = fingerprint(student_params(run_params, method, teacher_keys))
+            out = project / "models" / "students" / method
+            seconds = train(project, out, key, ("train-student", method), log)
+            if seconds is not None:
+                record_time(task_dir, f"grid {method} {tag}", seconds)
+            scores = json.loads((out / "metrics.json").read_text())["dev"]
+            dev[method][tag] = sum(scores.values()) / len(scores)
+    chosen = {method: settings[_argmax(list(dev[method].values()))] for method in methods}
+    for method, setting in chosen.items():
+        source = task_dir / "grid" / grid_tag(setting) / "models" / "students" / method
+        target = task_dir / f"seed-{seed}" / "models" / "students" / method
+        if not (target / "metrics.json").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+    record = {
+        "grid": grid,
+        "seed": seed,
+        "dev": dev,
+        "chosen": {method: grid_tag(setting) for method, setting in chosen.items()},
+    }
+    (task_dir / "grid.json").write_text(json.dumps(record, indent=1) + "\n")
+    return chosen
+
+
+def _argmax(values: list[float]) -> int:
+    """The first best (ties go to the earlier setting, so the choice does not depend on noise
+    in the last digit's order)."""
+    return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
 SHARED_SECTIONS = ("data", "prepare", "embed", "teacher", "export")
@@ -250,6 +335,8 @@ def sync(name: str) -> None:
     meta = {"description": description, "sizes": sizes(source / "base")}
     (target / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.copyfile(source / "timings.json", target / "timings.json")
+    if (source / "grid.json").exists():
+        shutil.copyfile(source / "grid.json", target / "grid.json")
     for done in (source / "base" / "models" / "teachers").glob("*/metrics.json"):
         copy_to(done.parent / "history.csv", target / "teachers" / f"{done.parent.name}.csv")
     for seed in sorted(d for d in source.glob("seed-*") if (d / "metrics").is_dir()):

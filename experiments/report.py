@@ -10,6 +10,7 @@ Run through ``python experiments/run.py --report-only``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -49,7 +50,7 @@ SUPPLEMENTS = {
     "pilot-conll-layer8": "python experiments/run.py pilot-conll-layer8 --seeds 1 "
     "--methods baseline",
     "pilot-conll-layer8-ens3": "python experiments/run.py pilot-conll-layer8-ens3 --seeds 1 "
-    "--methods baseline posterior pos+topwk structural",
+    "--methods baseline topk posterior pos+topwk structural",
     "pilot-conll-layer8-ens3-trust": "python experiments/run.py pilot-conll-layer8-ens3-trust "
     "--seeds 1 --methods baseline topk posterior pos+topwk structural",
     "pilot-conll-layer8-ens3-k1": "python experiments/run.py pilot-conll-layer8-ens3-k1 "
@@ -212,14 +213,18 @@ def grid_table(folder: Path, metric: str) -> list[str]:
     if not path.exists():
         return []
     grid = json.loads(path.read_text())
-    tags = list(next(iter(grid["dev"].values())))
+    tags = list(next(iter(grid["dev"].values())))  # in the order of the grid's product
     keys = ", ".join(grid["grid"])
+    heads = [
+        ", ".join(f"{key} {value}" for key, value in zip(grid["grid"], values, strict=True))
+        for values in itertools.product(*grid["grid"].values())
+    ]
     lines = [
         "",
         f"Settings chosen on dev ({keys}): mean dev {metric} over the teacher languages with "
         f"student seed {grid['seed']}, the chosen one in bold (test is not looked at).",
         "",
-        "| method | " + " | ".join(tag.replace("_", ", ") for tag in tags) + " |",
+        "| method | " + " | ".join(heads) + " |",
         "|---" * (len(tags) + 1) + "|",
     ]
     for method, row in grid["dev"].items():

@@ -248,8 +248,8 @@ class RuntimeParams:
     ``device``: ``auto`` (cuda when available, else cpu) or a torch device string; under
     torchrun each rank takes ``cuda:LOCAL_RANK``. ``threads``: torch's intra-op threads. One is
     the default because the models are small and, on a machine whose cores other jobs share,
-    every OpenMP barrier of a multi-threaded op waits for a descheduled thread (measured 10-40x
-    slower stages with two threads beside one competing process).
+    every OpenMP barrier of a multi-threaded op waits for a descheduled thread
+    (``benchmarks/embed_busy.py``).
     """
 
     device: str = "auto"

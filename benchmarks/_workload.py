@@ -101,3 +101,29 @@ def copy_tree(source: Path, target: Path) -> None:
     """Copy a directory (lock files excluded), replacing ``target``."""
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock", "*.tmp"))
+
+
+def sample_project(root: Path, limit: int, **sections: dict) -> Path:
+    """A copy of the shipped sample project in ``root``, each split cut to its first ``limit``
+    sentences (evenly spread, ``*_limit``), ``sections`` merged into params.yaml; its path."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text("utf-8"))
+    for spec in raw["data"]["languages"].values():
+        spec.update(train_limit=limit, dev_limit=limit, test_limit=limit)
+    for spec in raw["data"]["zero_shot"].values():
+        spec.update(test_limit=limit)
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    copy_tree(REPO / "data" / "sample", root / "data" / "sample")
+    link_encoders(root)
+    return write_params(root, raw)
+
+
+def structkd(*args: str, params: Path, env: dict[str, str] | None = None) -> float:
+    """Run ``structkd ARGS --params PARAMS`` as the user would (its own process); wall seconds."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "structkd.cli", *args, "--params", str(params)]
+    with stopwatch() as t:
+        subprocess.run(command, cwd=params.parent, env=env, check=True, capture_output=True)
+    return t[0]

@@ -146,6 +146,7 @@ def plan_jobs(params_path: Path, out_dir: Path) -> list[ShardJob]:
                     cache_key="benchmark",
                     digests=(),
                     settings=params.export,
+                    runtime=params.runtime,
                 )
             )
     return jobs

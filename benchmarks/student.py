@@ -166,7 +166,6 @@ class Student:
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.objective = StudentObjective(
             self.model,
-            self.model.crf,
             self.stream,
             self.method,  # type: ignore[arg-type]
             self.cfg,

@@ -20,6 +20,7 @@ from structkd.pipeline.data import shard_paths
 from structkd.pipeline.encoder import EncoderConfig, WordEncoder
 from structkd.pipeline.layout import Layout
 from structkd.pipeline.params import Params
+from structkd.pipeline.runtime import setup
 from structkd.storage.arrays import FeaturesArrays, PreparedArrays
 from structkd.storage.cache import CacheEntry, cache_key, content_digest
 from structkd.storage.manifest import ShardRecord, read_manifest
@@ -51,8 +52,10 @@ def features_encoder(layout: Layout, lang: str) -> str:
 
 
 def build_encoder(params: Params, layout: Layout) -> WordEncoder:
-    """The frozen encoder of params.yaml ``embed``, cached under ``data/encoders``."""
+    """The frozen encoder of params.yaml ``embed``, cached under ``data/encoders``, on the
+    ``runtime`` device and threads (neither is part of the features' key: see ``digest``)."""
     cfg = params.embed
+    device = setup(params.runtime)
     return WordEncoder(
         EncoderConfig(
             name_or_path=cfg.encoder,
@@ -60,6 +63,7 @@ def build_encoder(params: Params, layout: Layout) -> WordEncoder:
             window=cfg.window,
             batch_size=cfg.batch_size,
             dtype=cfg.dtype,
+            device=str(device),
         ),
         cache_dir=layout.encoders,
     )

@@ -20,6 +20,7 @@ from structkd.pipeline.metrics import headline, score
 from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.params import Params
 from structkd.pipeline.report import markdown_table, with_averages, write_bars, write_csv
+from structkd.pipeline.runtime import setup
 from structkd.pipeline.training import write_json
 from structkd.storage import ragged
 
@@ -65,7 +66,7 @@ def predict_split_ensemble(
             assert batch.index is not None  # iterate() numbers every batch's sentences
             words = batch.tokens if model.config.has_lexicon else None
             with torch.inference_mode():
-                scores = model.emissions(batch.features, batch.mask, words).double().numpy()
+                scores = model.emissions(batch.features, batch.mask, words).cpu().double().numpy()
             for row, i in enumerate(batch.index):
                 emissions[offsets[i] : offsets[i + 1]] = scores[row, : lengths[i]]
         crf = model.crf.numpy_params()
@@ -91,9 +92,12 @@ def score_models(params: Params, layout: Layout, echo: Callable[[str], None] = p
     the ``Members`` row adds the mean of its members' own scores.
     """
     langs, zero_shot = list(params.data.languages), list(params.data.zero_shot)
+    device = setup(params.runtime)
     tests = load_splits(layout, langs + zero_shot, "test")
     teachers = {
-        lang: [load_tagger(d) for d in layout.teacher_members(lang, params.teacher.seeds)]
+        lang: [
+            load_tagger(d).to(device) for d in layout.teacher_members(lang, params.teacher.seeds)
+        ]
         for lang in langs
     }
     k = params.export.k
@@ -116,7 +120,7 @@ def score_models(params: Params, layout: Layout, echo: Callable[[str], None] = p
         }
         scores["Members"] = {**mean_own, **mean_zero}
     for method in params.student.methods:
-        student = load_tagger(layout.student(method))
+        student = load_tagger(layout.student(method)).to(device)
         scores[method] = {lang: headline(s) for lang, s in evaluate_splits(student, tests).items()}
         echo(f"{method}: " + " ".join(f"{k} {v:.2f}" for k, v in scores[method].items()))
     return scores

@@ -24,7 +24,8 @@ from structkd.errors import InputError
 from structkd.pipeline.batching import Padder, budget_batches
 from structkd.pipeline.ensemble import mix, teacher_knowledge
 from structkd.pipeline.models import Tagger, load_tagger
-from structkd.pipeline.params import ExportParams
+from structkd.pipeline.params import ExportParams, RuntimeParams
+from structkd.pipeline.runtime import setup
 from structkd.storage import ragged
 from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
 from structkd.storage.manifest import ShardRecord
@@ -45,6 +46,7 @@ class ShardJob:
     cache_key: str
     digests: tuple[tuple[str, str], ...]
     settings: ExportParams
+    runtime: RuntimeParams
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,9 @@ class ShardTiming:
 
 
 @lru_cache(maxsize=8)
-def _teacher(teacher_dir: str, mtime: float) -> Tagger:
+def _teacher(teacher_dir: str, mtime: float, device: torch.device) -> Tagger:
     """One loaded teacher per worker process (the mtime makes a retrained teacher reload)."""
-    torch.set_num_threads(1)
-    return load_tagger(Path(teacher_dir))
+    return load_tagger(Path(teacher_dir)).to(device)
 
 
 def teacher_emissions(
@@ -78,7 +79,7 @@ def teacher_emissions(
         mask = torch.from_numpy(padder.mask(rows))
         words = [list(ragged.row(tokens, offsets, i)) for i in batch]
         with torch.inference_mode():
-            scores = model.emissions(feats, mask, words).double().numpy()
+            scores = model.emissions(feats, mask, words).cpu().double().numpy()  # numba: CPU
         padder.unpad(scores, rows, out)
     return out
 
@@ -86,8 +87,9 @@ def teacher_emissions(
 def export_shard(job: ShardJob) -> ShardTiming:
     """Compute and atomically write the knowledge shard of ``job``."""
     began = time.perf_counter()
+    device = setup(job.runtime)
     models = [
-        _teacher(directory, (Path(directory) / "model.safetensors").stat().st_mtime)
+        _teacher(directory, (Path(directory) / "model.safetensors").stat().st_mtime, device)
         for directory in job.teacher_dirs
     ]
     prepared = PreparedArrays.from_table(read_shard(Path(job.prepared)))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
-from structkd.pipeline.params import ExportParams, Params, check_range, field_of
+from structkd.pipeline.params import ExportParams, Params, RuntimeParams, check_range, field_of
 from structkd.storage.cache import CacheEntry, KnowledgeCache, cache_key, content_digest, locked
 
 if TYPE_CHECKING:
@@ -95,8 +95,10 @@ class LanguageExport:
     layout: Layout
     seeds: tuple[int, ...]
 
-    def jobs(self, missing: list[str], settings: ExportParams) -> list[ShardJob]:
-        """One dask task per missing shard."""
+    def jobs(
+        self, missing: list[str], settings: ExportParams, runtime: RuntimeParams
+    ) -> list[ShardJob]:
+        """One dask task per missing shard (each worker resolves ``runtime`` for itself)."""
         from structkd.pipeline.export import ShardJob
 
         prepared = self.layout.prepared(self.lang, "train")
@@ -112,6 +114,7 @@ class LanguageExport:
                 cache_key=self.key,
                 digests=tuple(sorted(self.inputs.items())),
                 settings=settings,
+                runtime=runtime,
             )
             for name in missing
         ]
@@ -189,7 +192,7 @@ def run(
                 entry.commit(key, language.names)
                 continue
             pending[lang] = language
-            jobs += [(lang, job) for job in language.jobs(plan.missing, settings)]
+            jobs += [(lang, job) for job in language.jobs(plan.missing, settings, params.runtime)]
         if not jobs:
             return
         assert client is not None  # some language was not a hit

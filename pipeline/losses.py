@@ -369,6 +369,8 @@ class KDMethod:
             does not expose it).
         uses_temperature: ``student.temperature`` changes its loss.
         kd: its KD term ``L_KD``; None for the baseline, which has none (its loss is the gold NLL).
+        touches_crf: its KD term reads the student's CRF; where it does not (emission), the loss
+            at λ = 1 leaves the CRF without a gradient, which DDP must be told to expect.
     """
 
     name: Method
@@ -376,6 +378,7 @@ class KDMethod:
     shares_log_z: bool
     uses_temperature: bool
     kd: Callable[[KDInputs], Tensor] | None
+    touches_crf: bool = True
 
 
 def _emission(x: KDInputs) -> Tensor:
@@ -427,7 +430,14 @@ def _registry(*methods: KDMethod) -> Mapping[str, KDMethod]:
 
 KD_METHODS: Mapping[str, KDMethod] = _registry(
     KDMethod("baseline", (), shares_log_z=False, uses_temperature=False, kd=None),
-    KDMethod("emission", ("emissions",), shares_log_z=False, uses_temperature=True, kd=_emission),
+    KDMethod(
+        "emission",
+        ("emissions",),
+        shares_log_z=False,
+        uses_temperature=True,
+        kd=_emission,
+        touches_crf=False,
+    ),
     KDMethod("topk", _PATHS, shares_log_z=True, uses_temperature=False, kd=_topk),
     KDMethod("topwk", _WEIGHTED_PATHS, shares_log_z=True, uses_temperature=False, kd=_topwk),
     KDMethod(

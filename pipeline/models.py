@@ -97,6 +97,11 @@ class Tagger(nn.Module):
             end_allowed=torch.as_tensor(end_allowed),
         )
 
+    @property
+    def device(self) -> torch.device:
+        """Where the tagger's parameters are (inputs are moved there)."""
+        return self.emission.weight.device
+
     def lexical_ids(self, tokens: Sequence[Sequence[str]], n: int) -> tuple[torch.Tensor, ...]:
         """Word ids ``(batch, n)`` and character ids ``(batch, n, MAX_WORD_CHARS)`` (0 = pad)."""
         words = torch.zeros(len(tokens), n, dtype=torch.long)
@@ -124,16 +129,18 @@ class Tagger(nn.Module):
             tokens: the words, required by teachers (word and character embeddings).
 
         Returns:
-            ``(batch, seq_len, n_tags)``.
+            ``(batch, seq_len, n_tags)`` on the tagger's device (inputs elsewhere are moved).
         """
+        features, mask = features.to(self.device), mask.to(self.device)
         parts = [features]
         if self.config.has_lexicon:
             if tokens is None:
                 raise StructkdError("a teacher tagger needs the tokens, not only the features")
             words, chars = self.lexical_ids(tokens, features.shape[1])
-            if self.training and self.config.word_dropout > 0:
+            if self.training and self.config.word_dropout > 0:  # CPU generator on any device
                 drop = torch.rand(words.shape) < self.config.word_dropout
                 words = words.masked_fill(drop & (words > 0), 1)
+            words, chars = words.to(self.device), chars.to(self.device)
             parts.append(self.word_embedding(words))
             # shape: (batch * seq_len, char_dim, chars)
             flat = self.char_embedding(chars.flatten(0, 1)).transpose(1, 2)
@@ -167,7 +174,8 @@ class Tagger(nn.Module):
         """Viterbi label ids per sentence (constrained to the label scheme)."""
         was_training = self.training
         self.eval()
-        paths = self.crf.decode(self.emissions(features, mask, tokens), mask)
+        paths = self.crf.decode(self.emissions(features, mask, tokens), mask.to(self.device))
+        paths = paths.cpu()
         self.train(was_training)
         lengths = mask.sum(1).tolist()
         return [paths[b, :n].numpy() for b, n in enumerate(lengths)]
@@ -177,7 +185,7 @@ def save_tagger(model: Tagger, directory: Path) -> None:
     """Write ``config.json``, ``model.safetensors`` and ``labels.json`` into ``directory``."""
     config = json.dumps(asdict(model.config), indent=1, ensure_ascii=False)
     atomic_write_text(directory / "config.json", config)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.cpu().contiguous() for k, v in model.state_dict().items()}
     data = save(state)
     atomic_write(directory / "model.safetensors", lambda f: f.write(data))
     model.labels.save(directory / "labels.json")

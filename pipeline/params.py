@@ -170,9 +170,6 @@ class EmbedParams:
 class TrainParams:
     """Shared optimisation settings of teachers and student.
 
-    ``threads`` is torch's intra-op thread count while training. The models are small, so one
-    thread loses little on an idle machine, while two threads on two busy cores spin in OpenMP
-    barriers: measured 0.2 s per batch with one thread against 6-8 s with two on a loaded box.
     The defaults are the teacher's; the student overrides ``hidden`` and ``max_epochs``.
     """
 
@@ -185,7 +182,6 @@ class TrainParams:
     patience: int = ranged(3, ge=1)
     clip: float = ranged(5.0, gt=0.0)
     seed: int = ranged(1, ge=0, lt=2**32)
-    threads: int = ranged(1, ge=1)
 
 
 @dataclass(frozen=True)
@@ -245,6 +241,22 @@ class StudentParams(TrainParams):
 
 
 @dataclass(frozen=True)
+class RuntimeParams:
+    """Where and how the torch stages run; never part of a cache key (results do not depend on
+    it on CPU, so cached features and knowledge stay reusable).
+
+    ``device``: ``auto`` (cuda when available, else cpu) or a torch device string; under
+    torchrun each rank takes ``cuda:LOCAL_RANK``. ``threads``: torch's intra-op threads. One is
+    the default because the models are small and, on a machine whose cores other jobs share,
+    every OpenMP barrier of a multi-threaded op waits for a descheduled thread
+    (``benchmarks/embed_busy.py``).
+    """
+
+    device: str = "auto"
+    threads: int = ranged(1, ge=1)
+
+
+@dataclass(frozen=True)
 class Params:
     """All of ``params.yaml``."""
 
@@ -254,6 +266,7 @@ class Params:
     teacher: TeacherParams = TeacherParams()
     export: ExportParams = ExportParams()
     student: StudentParams = StudentParams()
+    runtime: RuntimeParams = RuntimeParams()
 
 
 T = TypeVar("T")
@@ -372,8 +385,31 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     return params
 
 
+def device_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a ``runtime.device`` here, or None when it can.
+
+    ``auto`` and ``cpu`` need no torch, so stages without it (prepare) do not load it for them.
+    """
+    if name in ("auto", "cpu"):
+        return None
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return "is not a torch device (use auto, cpu, cuda, cuda:N, mps, ...)"
+    backend: Any = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu
+    count = backend.device_count() if hasattr(backend, "device_count") else 0
+    if device.type != "cpu" and count <= (device.index or 0):
+        return "is not available on this machine"
+    return None
+
+
 def _check_together(params: Params, source: str) -> None:
     """Refuse settings that are valid alone but cannot work together, before any stage runs."""
+    problem = device_problem(params.runtime.device)
+    if problem is not None:
+        raise ConfigError(f"{source}: runtime.device: {params.runtime.device!r} {problem}")
     student, export = params.student, params.export
     kbest = [m for m in student.methods if m in KBEST_METHODS]
     if kbest and student.k > export.k:

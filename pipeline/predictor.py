@@ -23,6 +23,7 @@ from structkd.pipeline.encoder import EncoderConfig, WordEncoder, default_cache_
 from structkd.pipeline.layout import Layout
 from structkd.pipeline.models import Tagger, load_tagger
 from structkd.pipeline.params import EmbedParams
+from structkd.pipeline.runtime import resolve_device
 from structkd.pipeline.schemes import from_bioes
 
 ENCODER_KEYS = ("encoder", "layer", "window", "dtype")
@@ -58,7 +59,10 @@ def encoder_caches(directory: Path) -> list[Path]:
 
 
 def load_encoder(
-    directory: Path, extra: Mapping[str, str], cache_dir: Path | None = None
+    directory: Path,
+    extra: Mapping[str, str],
+    cache_dir: Path | None = None,
+    device: torch.device | str = "cpu",
 ) -> WordEncoder:
     """The encoder a model directory was trained on, rebuilt or found by name and digest.
 
@@ -66,6 +70,7 @@ def load_encoder(
         directory: the model directory (for messages and :func:`encoder_caches`).
         extra: its ``TaggerConfig.extra``.
         cache_dir: where converted encoders live; None tries :func:`encoder_caches`.
+        device: where it runs (not part of its digest).
 
     Raises:
         StructkdError: a setting is missing, or no cache gives an encoder of the recorded digest.
@@ -78,6 +83,7 @@ def load_encoder(
         layer=int(extra["layer"]),
         window=int(extra["window"]),
         dtype=extra["dtype"],  # type: ignore[arg-type]
+        device=str(device),
     )
     wanted = extra.get("encoder_digest")  # absent in models written before it was recorded
     problems = []
@@ -113,11 +119,18 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, directory: str | Path, scheme: str = "iob2", cache_dir: Path | None = None
+        cls,
+        directory: str | Path,
+        scheme: str = "iob2",
+        cache_dir: Path | None = None,
+        device: str = "auto",
     ) -> Predictor:
-        """Load a model directory and the encoder recorded in it (see :func:`load_encoder`)."""
-        model = load_tagger(Path(directory))
-        return cls(model, load_encoder(Path(directory), model.config.extra, cache_dir), scheme)
+        """Load a model directory and the encoder recorded in it (see :func:`load_encoder`),
+        both on ``device`` (``auto``: cuda when available, else cpu)."""
+        where = resolve_device(device)
+        model = load_tagger(Path(directory)).to(where)
+        encoder = load_encoder(Path(directory), model.config.extra, cache_dir, where)
+        return cls(model, encoder, scheme)
 
     def tag(self, sentences: Sequence[Sequence[str]], max_tokens: int = 4000) -> list[list[str]]:
         """Tags for each sentence (a list of words), in the output scheme."""

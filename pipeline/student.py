@@ -28,7 +28,6 @@ import torch
 from structkd.errors import StructkdError
 from structkd.pipeline import distributed
 from structkd.pipeline.batching import Batch, DistillationStream
-from structkd.pipeline.crf import CRF
 from structkd.pipeline.data import Split, shard_paths
 from structkd.pipeline.embed import features_encoder
 from structkd.pipeline.evaluation import evaluate_splits, load_splits
@@ -40,6 +39,7 @@ from structkd.pipeline.metrics import headline
 from structkd.pipeline.models import Tagger, TaggerConfig
 from structkd.pipeline.params import Method, Params, StudentParams
 from structkd.pipeline.predictor import encoder_settings
+from structkd.pipeline.runtime import setup
 from structkd.pipeline.training import run_fingerprint, train_tagger
 from structkd.storage.cache import CacheEntry
 from structkd.storage.schemas import KnowledgeMeta
@@ -170,13 +170,12 @@ class Trust:
 class StudentObjective:
     """``λ·L_KD + (1−λ)·L_gold`` over the distillation stream of every teacher language.
 
-    ``net`` computes emissions (the tagger, or its DistributedDataParallel wrapper). ``lam``
-    None anneals λ as the paper (:func:`lambda_at`); a number fixes it (the benchmark).
-    ``trust`` scales λ per language (``student.trust: dev``); None gives every language λ.
+    Batches are moved to ``model``'s device (knowledge columns included). ``lam`` None anneals
+    λ as the paper (:func:`lambda_at`); a number fixes it (the benchmark). ``trust`` scales λ
+    per language (``student.trust: dev``); None gives every language λ.
     """
 
-    net: torch.nn.Module
-    crf: CRF
+    model: Tagger
     stream: DistillationStream
     method: Method
     cfg: StudentParams
@@ -189,11 +188,12 @@ class StudentObjective:
         return iter(self.stream)
 
     def loss(self, batch: Batch, epoch: int) -> torch.Tensor:
+        batch = batch.to(self.model.device)
         return self.loss_from(self.emissions(batch), batch, epoch)
 
     def emissions(self, batch: Batch) -> torch.Tensor:
         """The student network's emissions of a batch (the part of :meth:`loss` before the CRF)."""
-        return self.net(batch.features, batch.mask)
+        return self.model(batch.features, batch.mask)
 
     def loss_from(self, emissions: torch.Tensor, batch: Batch, epoch: int) -> torch.Tensor:
         """The loss of a batch given its emissions (the stream already kept ``cfg.k`` paths)."""
@@ -203,7 +203,7 @@ class StudentObjective:
         if not weights:
             return student_loss(
                 self.method,
-                self.crf,
+                self.model.crf,
                 emissions,
                 batch,
                 lam=lam,
@@ -214,7 +214,7 @@ class StudentObjective:
         factors = torch.tensor([weights[lang] for lang in self.stream.langs], dtype=torch.float64)
         return sentence_weighted_loss(
             self.method,
-            self.crf,
+            self.model.crf,
             emissions,
             batch,
             lams=lam * factors[batch.lang.cpu()],
@@ -263,7 +263,7 @@ def train_student(
     params: Params, layout: Layout, method: Method, *, resume: bool = False
 ) -> dict[str, Any] | None:
     """Train the multilingual student with ``method``; its metrics (None on ranks other than 0)."""
-    rank, _ = distributed.init_from_env()
+    rank, _, device = distributed.init_from_env(setup(params.runtime))
     cfg = params.student
     labels = LabelSet.load(layout.labels)
     langs = list(params.data.languages)
@@ -281,15 +281,18 @@ def train_student(
         },
     )
     torch.manual_seed(cfg.seed)
-    model = Tagger(config, labels)
-    net, join = distributed.wrap(model)
+    model = Tagger(config, labels).to(device)  # initialised on CPU: same on every device
     trust = None
     if cfg.trust == "dev" and KD_METHODS[method].kd is not None:
         teacher_dev = teacher_dev_scores(layout, langs, params.teacher.seeds)
         trust = Trust(model, dev, teacher_dev, cfg.trust_margin)
+    objective = StudentObjective(model, stream, method, cfg, trust_by_language=trust)
+    loss, join = distributed.wrap(
+        model, objective.loss, find_unused_parameters=not KD_METHODS[method].touches_crf
+    )
     return train_tagger(
         model,
-        StudentObjective(net, model.crf, stream, method, cfg, trust_by_language=trust),
+        objective,
         params=cfg,
         dev=dev,
         test=test,
@@ -297,6 +300,7 @@ def train_student(
         fingerprint=run_fingerprint(cfg, method, labels.digest(), knowledge_keys),
         resume=resume,
         desc=f"student {method}",
+        loss=loss,
         join=join,
         main_process=rank == 0,
     )

@@ -23,6 +23,7 @@ from structkd.pipeline.metrics import headline
 from structkd.pipeline.models import Tagger, TaggerConfig, build_vocabularies
 from structkd.pipeline.params import Params, TeacherParams
 from structkd.pipeline.predictor import encoder_settings
+from structkd.pipeline.runtime import setup
 from structkd.pipeline.training import run_fingerprint, train_tagger
 
 
@@ -39,6 +40,7 @@ class TeacherObjective:
         return iterate(self.train, self.cfg.max_tokens, epoch=epoch, seed=self.cfg.seed)
 
     def loss(self, batch: Batch, epoch: int) -> torch.Tensor:
+        batch = batch.to(self.model.device)
         emissions = self.model.emissions(batch.features, batch.mask, batch.tokens)
         return self.model.crf.nll(emissions, batch.tags, batch.mask)
 
@@ -67,6 +69,7 @@ def run(
         known = ", ".join(params.data.languages)
         raise ConfigError(f"{where}: '{lang}' is not a teacher language (have: {known})")
     cfg = params.teacher
+    device = setup(params.runtime)
     labels = LabelSet.load(layout.labels)
     train = load_splits(layout, [lang], "train")[lang]
     dev, test = load_splits(layout, [lang], "dev"), load_splits(layout, [lang], "test")
@@ -88,7 +91,7 @@ def run(
     for seed, out in zip(cfg.seeds, members, strict=True):
         member = replace(cfg, seed=seed)
         torch.manual_seed(seed)
-        model = Tagger(config, labels)
+        model = Tagger(config, labels).to(device)  # initialised on CPU: same on every device
         desc = f"teacher {lang}" + (f" seed {seed}" if len(members) > 1 else "")
         metrics = train_tagger(
             model,

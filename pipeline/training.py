@@ -58,10 +58,10 @@ def run_fingerprint(params: TrainParams, *extra: object) -> str:
     """What a checkpoint must match to be resumed: settings that change the trajectory.
 
     ``max_epochs`` and ``patience`` only decide when to stop, so a run may be resumed with more;
-    ``threads`` does not change the result, nor does a teacher's ``ensemble`` (how many members
-    are trained) change any one member.
+    a teacher's ``ensemble`` (how many members are trained) does not change any one member.
+    params.yaml ``runtime`` is not in ``params`` at all: a run may resume on another device.
     """
-    ignored = ("max_epochs", "patience", "threads", "ensemble")
+    ignored = ("max_epochs", "patience", "ensemble")
     settings = {k: v for k, v in asdict(params).items() if k not in ignored}
     text = json.dumps([settings, *extra], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -133,7 +133,6 @@ def fit(
     """
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(params.threads)
     optimizer = make_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=0.5, patience=max(1, params.patience // 2)
@@ -144,7 +143,7 @@ def fit(
     previous = resume_from or checkpoint_path
     if resume and previous.exists():
         try:
-            state = torch.load(previous, weights_only=False)
+            state = torch.load(previous, map_location="cpu", weights_only=False)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # truncated, damaged
             raise StructkdError(
                 f"{previous}: not a readable checkpoint ({first_line(e)}); "
@@ -276,6 +275,7 @@ def train_tagger(
     fingerprint: str,
     resume: bool = False,
     desc: str = "train",
+    loss: Callable[[Any, int], torch.Tensor] | None = None,
     join: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     main_process: bool = True,
     subdirs: Sequence[str] = (),
@@ -289,7 +289,9 @@ def train_tagger(
     model directory as it was (and its own work for ``resume``). ``subdirs`` are folders the
     finished ``out`` holds even when empty (a DVC out such as an ensemble's ``members``), made
     in the staging directory so that they arrive with the swap. Returns the metrics (None on a
-    non-main process, which leaves the process group and writes nothing).
+    non-main process, which leaves the process group and writes nothing). ``loss`` replaces
+    ``objective.loss`` (its DistributedDataParallel wrapper, with ``join``); the best model is
+    scored on ``model``'s device.
     """
     work = staging_dir(out)
     # the checkpoint to resume: an interrupted run's, else the finished model's (more epochs)
@@ -300,7 +302,7 @@ def train_tagger(
         model,
         params=params,
         batches=objective.batches,
-        loss_fn=objective.loss,
+        loss_fn=loss or objective.loss,
         dev_score=partial(micro_score, model, list(dev.values())),
         save_best=partial(save_tagger, model, work),
         out_dir=work,
@@ -316,7 +318,7 @@ def train_tagger(
     distributed.finish()
     if not main_process:
         return None
-    best = load_tagger(work)
+    best = load_tagger(work).to(model.device)
     metrics = objective.summary(evaluate_splits(best, dev), evaluate_splits(best, test))
     write_json(metrics, work / "metrics.json")
     for name in subdirs:

@@ -51,9 +51,17 @@ def main(
     scheme: Annotated[
         Literal["iob2", "iob1", "bioes"], typer.Option(help="Output scheme for span tasks.")
     ] = "iob2",
+    device: Annotated[
+        str, typer.Option(help="auto (cuda when available, else cpu) or a torch device.")
+    ] = "auto",
+    threads: Annotated[int, typer.Option(help="torch intra-op threads.")] = 1,
 ) -> None:
     """Tag text with MODEL and print CoNLL (token, tab, tag; blank line between sentences)."""
+    from structkd.pipeline import runtime
     from structkd.pipeline.predictor import Predictor
+
+    settings = runtime.checked(device, threads)
+    runtime.setup(settings)
 
     if file is not None and ".conllu" in file.suffixes:
         from structkd.pipeline.corpus import read_conllu
@@ -63,6 +71,6 @@ def main(
         text = _decode(file.read_bytes() if file is not None else sys.stdin.buffer.read(), file)
         is_conll = conll or (file is not None and file.suffix in {".conll", ".bio", ".tsv"})
         sentences = _read(text.splitlines(), is_conll)
-    tagged = Predictor.load(model, scheme=scheme).tag(sentences)
+    tagged = Predictor.load(model, scheme=scheme, device=settings.device).tag(sentences)
     for tokens, tags in zip(sentences, tagged, strict=True):
         typer.echo("\n".join(f"{t}\t{g}" for t, g in zip(tokens, tags, strict=True)) + "\n")

@@ -3,10 +3,16 @@
 Stage commands live in ``structkd.stages`` (one module per stage); this module only wires them.
 User-facing problems (:class:`StructkdError`) end the command with one ``Error:`` line and exit
 status 1, never a traceback.
+
+Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it: OpenMP threads
+that finished their share then sleep instead of spinning, so they do not take a core from the
+threads still working when other jobs share the machine. It must happen before torch loads
+(OpenMP reads it once); the stage modules import torch only inside their commands.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import typer
@@ -23,6 +29,8 @@ from structkd.stages import (
     train_student,
     train_teacher,
 )
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before any command imports torch
 
 
 class _Group(TyperGroup):

@@ -521,3 +521,18 @@ def test_resume_from_truncated_checkpoint(project: Path) -> None:
         line,
     ), line
     assert snapshot(teacher) == before
+
+
+def test_device_not_on_this_machine(project: Path) -> None:
+    """A runtime.device this machine lacks stops a torch stage in one line, writing nothing."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    raw = yaml.safe_load(project.read_text("utf-8"))
+    raw["runtime"] = {"device": "cuda"}
+    write_params(project, raw)
+    before = snapshot(project.parent / "models" / "students")
+    line = cli_error(project, "stage", "train-student", "posterior")
+    assert line == f"Error: {project}: runtime.device: 'cuda' is not available on this machine"
+    assert snapshot(project.parent / "models" / "students") == before

@@ -14,7 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from e2e_project import Project, copy_project, run, shared_project, tool_env
+from e2e_project import (
+    Project,
+    copy_project,
+    read_params,
+    run,
+    shared_project,
+    tool_env,
+    write_params,
+)
+
+from structkd.pipeline.params import METHODS
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +89,8 @@ def test_every_sentence_once_per_epoch_across_ranks(project: Project, tmp_path: 
     assert not set(map(tuple, per_rank[0])) & set(map(tuple, per_rank[1]))
 
 
-def test_torchrun_student_matches_single_process(project: Project, tmp_path: Path) -> None:
-    params = copy_project(project.root, tmp_path / "ddp")
-    root = params.parent
+def _torchrun_student(method: str, params: Path) -> None:
+    """``train-student METHOD`` under torchrun with two gloo ranks."""
     command = [
         sys.executable,
         "-m",
@@ -94,17 +103,42 @@ def test_torchrun_student_matches_single_process(project: Project, tmp_path: Pat
         "structkd.cli",
         "stage",
         "train-student",
-        "posterior",
+        method,
         "--params",
         str(params),
     ]
-    run(command, root, timeout=600)
+    run(command, params.parent, timeout=600)
+
+
+def test_torchrun_student_matches_single_process(project: Project, tmp_path: Path) -> None:
+    params = copy_project(project.root, tmp_path / "ddp")
+    root = params.parent
+    _torchrun_student("posterior", params)
     ddp = json.loads((root / "models/students/posterior/metrics.json").read_text())
     single = json.loads((project.root / "models/students/posterior/metrics.json").read_text())
     history = (root / "models/students/posterior/history.csv").read_text().splitlines()
     assert len(history) >= 2, "rank 0 wrote no epochs"
     for lang in ("en", "de"):
         assert abs(ddp["test"][lang] - single["test"][lang]) <= 15.0, (ddp, single)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_project(project: Project, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project whose student trains one epoch (params.yaml path)."""
+    params = copy_project(project.root, tmp_path_factory.mktemp("ddp-methods") / "project")
+    raw = read_params(params)
+    raw["student"]["max_epochs"] = 1
+    return write_params(params, raw)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "posterior"])
+def test_torchrun_trains_every_method(one_epoch_project: Path, method: str) -> None:
+    """Every method's loss works under DDP (posterior: above), emission too, whose loss at
+    λ = 1 leaves the CRF without a gradient (DDP once refused its second step)."""
+    _torchrun_student(method, one_epoch_project)
+    out = one_epoch_project.parent / "models" / "students" / method
+    assert len((out / "history.csv").read_text().splitlines()) == 2  # header + epoch 0
+    assert json.loads((out / "metrics.json").read_text())["method"] == method
 
 
 def test_export_on_an_existing_dask_cluster(project: Project, tmp_path: Path) -> None:

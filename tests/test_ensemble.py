@@ -306,6 +306,7 @@ def one_teacher_shard(job: ShardJob, out: Path) -> bytes:
         marginals_dtype=job.settings.marginals_dtype,
         emissions_dtype=job.settings.emissions_dtype,
         edge_marginals=True,
+        teachers=dict(job.teachers),
     )
     arrays = KnowledgeArrays(
         sent_id=prepared.sent_id,
@@ -328,8 +329,8 @@ def test_one_teacher_exports_the_bytes_it_always_did(project: Project, tmp_path:
     params, layout = open_project(project.params)
     for language in plan_export(params, layout):
         (job, *_) = language.jobs(language.names, params.export)
-        assert job.teacher_dirs == (str(layout.teacher(language.lang)),)
-        want = one_teacher_shard(job, tmp_path / language.lang / "part.parquet")
+        assert job.teacher_dirs == (str(layout.teacher(language.source.lang)),)
+        want = one_teacher_shard(job, tmp_path / language.source.name / "part.parquet")
         assert Path(job.output).read_bytes() == want
 
 
@@ -356,15 +357,16 @@ def test_an_ensemble_is_trained_exported_as_the_mixture_and_distilled(
     shard = layout.knowledge("en") / "part-00000.parquet"
     meta = KnowledgeMeta.from_metadata(shard_metadata(shard))
     mixed = KnowledgeArrays.from_table(read_shard(shard), k=meta.k, n_tags=meta.n_tags)
-    assert sorted(meta.digests) == sorted(knowledge_inputs(layout, "en", params.teacher.seeds))
+    (en,) = (p.source for p in plan_export(params, layout) if p.source.name == "en")
+    assert sorted(meta.digests) == sorted(knowledge_inputs(layout, en, params.teacher.seeds))
     assert (mixed.log_z == 0).all()
     alone = []
     for member in members:  # each member exported on its own
-        (job, *_) = next(p for p in plan_export(params, layout) if p.lang == "en").jobs(
+        (job, *_) = next(p for p in plan_export(params, layout) if p.source.name == "en").jobs(
             ["part-00000.parquet"], params.export
         )
         target = tmp_path / member.name / "part-00000.parquet"
-        export_shard(replace(job, teacher_dirs=(str(member),), output=str(target)))
+        export_shard(replace(job, teacher_dirs=(str(member),), weights=(1.0,), output=str(target)))
         m = KnowledgeMeta.from_metadata(shard_metadata(target))
         alone.append(KnowledgeArrays.from_table(read_shard(target), k=m.k, n_tags=m.n_tags))
     mean = (np.exp(alone[0].log_marginals) + np.exp(alone[1].log_marginals)) / 2

@@ -20,7 +20,6 @@ from structkd.pipeline.params import (
     EDGE_METHODS,
     KBEST_METHODS,
     RANGE,
-    CorpusSpec,
     Params,
     Range,
     load_params,
@@ -167,10 +166,10 @@ def _sections(cls: type, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...
     yield path, cls
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
-        if get_origin(hint) is dict:
-            hint = get_args(hint)[1]
+        sub: tuple[str, ...] = (f.name,)
+        if get_origin(hint) is dict:  # a mapping of specs: one entry stands for all
+            hint, sub = get_args(hint)[1], (f.name, "en")
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            sub = (f.name,) if hint is not CorpusSpec else (f.name, "en")
             yield from _sections(hint, path + sub)
 
 
@@ -223,6 +222,8 @@ def with_value(key: str, value: object) -> dict:
     for part in parents:
         node = node.setdefault(part, {})
     node[name] = value
+    if parents[:2] == ["data", "unlabeled"]:  # its one required key
+        node.setdefault("path", "text.txt")
     if name == "dev_split" and value:  # a held-out dev replaces the dev file
         del node["dev"]
     return raw

@@ -38,8 +38,8 @@ from pathlib import Path
 
 from _workload import link_encoders, machine, stopwatch, write_params, write_subset
 
-from structkd.pipeline.data import shard_paths
 from structkd.pipeline.export import ShardJob, ShardTiming, export_shard
+from structkd.pipeline.export_teachers import plan_export
 from structkd.pipeline.layout import open_project
 
 LANGS = ("en", "es", "nl")
@@ -131,25 +131,12 @@ def train_teachers(params_path: Path) -> None:
 def plan_jobs(params_path: Path, out_dir: Path) -> list[ShardJob]:
     """One export job per training shard of every language (as the stage plans them)."""
     params, layout = open_project(params_path)
-    jobs = []
-    for lang in params.data.languages:
-        features = layout.features(lang, "train")
-        for prepared in shard_paths(layout.prepared(lang, "train")):
-            jobs.append(
-                ShardJob(
-                    teacher_dirs=tuple(
-                        str(d) for d in layout.teacher_members(lang, params.teacher.seeds)
-                    ),
-                    prepared=str(prepared),
-                    features=str(features / prepared.name),
-                    output=str(out_dir / lang / prepared.name),
-                    cache_key="benchmark",
-                    digests=(),
-                    settings=params.export,
-                    runtime=params.runtime,
-                )
-            )
-    return jobs
+    return [
+        replace(job, output=str(out_dir / export.source.lang / Path(job.prepared).name))
+        for export in plan_export(params, layout)
+        if export.source.own_teacher
+        for job in export.jobs(export.names, params.export, params.runtime)
+    ]
 
 
 def warm_up(jobs: list[ShardJob], scratch: str) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from structkd.errors import ConfigError, InputError
-from structkd.pipeline.params import Format
+from structkd.pipeline.params import Format, UnlabeledFormat
 
 FORMATS: tuple[str, ...] = ("conll", "conllu", "bio")
 DOCSTART = "-DOCSTART-"
@@ -297,3 +297,32 @@ def read_corpus(
     raise ConfigError(
         f"{path}: unknown corpus format {format!r}; expected one of conll, conllu, bio"
     )
+
+
+def read_text(path: str | Path) -> list[Sentence]:
+    """Read tokens-only text: one sentence per line, words separated by spaces or tabs.
+
+    Blank lines are skipped (they separate nothing: every line is a sentence of its own), so
+    ``Sentence.line`` is the sentence's own line. Tags are ``()``.
+
+    Raises:
+        InputError: unreadable or non-UTF-8 file (naming the line), or no sentences.
+    """
+    sentences = [
+        Sentence(tuple(_SPACES.split(line.strip(" \t"))), (), number)
+        for number, line in enumerate(read_lines(path), 1)
+        if not _is_blank(line)
+    ]
+    if not sentences:
+        raise InputError(str(path), "no sentences")
+    return sentences
+
+
+def read_tokens(
+    path: str | Path, *, format: UnlabeledFormat, token_column: int = 0
+) -> list[Sentence]:
+    """The sentences of an unlabeled corpus: ``text`` (:func:`read_text`), or a labelled format
+    read without its tags (:func:`read_corpus` with ``tag_column=None``)."""
+    if format == "text":
+        return read_text(path)
+    return read_corpus(path, format=format, token_column=token_column, tag_column=None)

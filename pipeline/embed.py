@@ -70,27 +70,27 @@ def build_encoder(params: Params, layout: Layout) -> WordEncoder:
 
 
 def run(params: Params, layout: Layout, echo: Callable[[str], None] = print) -> None:
-    """Encode every prepared split of every language (cached by content); one line per split."""
+    """Encode every prepared split of every language, unlabeled text included (cached by
+    content); one line per split."""
     encoder = build_encoder(params, layout)
     digest = encoder.digest()
     meta = FeaturesMeta(dim=encoder.dim, encoder_digest=digest, layer=str(params.embed.layer))
-    for lang, spec in params.data.all_languages().items():
-        for split in spec.splits():
-            prepared_dir = layout.prepared(lang, split)
-            prepared_digest = content_digest(prepared_dir)
-            entry = CacheEntry(layout.features(lang, split))
-            names = [p.name for p in shard_paths(prepared_dir)]
+    for lang, split in params.data.prepared_splits():
+        prepared_dir = layout.prepared(lang, split)
+        prepared_digest = content_digest(prepared_dir)
+        entry = CacheEntry(layout.features(lang, split))
+        names = [p.name for p in shard_paths(prepared_dir)]
 
-            key = features_key(digest, prepared_digest)
-            inputs = {"encoder": digest, "prepared": prepared_digest}
-            compute = partial(_embed_shards, encoder, meta, prepared_dir, entry, f"{lang}/{split}")
-            plan = entry.ensure(key, inputs=inputs, expected=names, compute=compute)
-            done = (
-                "up to date (cached)"
-                if plan.hit
-                else (f"{len(plan.missing)} of {len(names)} shards computed")
-            )
-            echo(f"features {lang}/{split}: {done}")
+        key = features_key(digest, prepared_digest)
+        inputs = {"encoder": digest, "prepared": prepared_digest}
+        compute = partial(_embed_shards, encoder, meta, prepared_dir, entry, f"{lang}/{split}")
+        plan = entry.ensure(key, inputs=inputs, expected=names, compute=compute)
+        done = (
+            "up to date (cached)"
+            if plan.hit
+            else (f"{len(plan.missing)} of {len(names)} shards computed")
+        )
+        echo(f"features {lang}/{split}: {done}")
 
 
 def _embed_shards(

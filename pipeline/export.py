@@ -1,6 +1,6 @@
-"""Run a teacher (or each member of a teacher ensemble) over one prepared shard and write its
-knowledge shard (README: knowledge shards); an ensemble's is the exact mixture
-(:func:`structkd.pipeline.ensemble.mix`).
+"""Run a teacher (or each member of a teacher ensemble, or of several teachers labelling the
+same unlabeled text) over one prepared shard and write its knowledge shard (README: knowledge
+shards); several members give their exact weighted mixture (:func:`structkd.pipeline.ensemble.mix`).
 
 The teacher network computes emissions in torch; everything structured (log Z, marginals, edge
 marginals summed per sentence, exact k-best) comes from the numba kernels on the flat ragged
@@ -37,9 +37,12 @@ TEACHER_BATCH_TOKENS = 4000
 
 @dataclass(frozen=True)
 class ShardJob:
-    """One unit of export work: a teacher's members, one prepared shard and its features shard."""
+    """One unit of export work: the teachers' members with their weights in the mixture (the
+    teachers with theirs), one prepared shard and its features shard."""
 
     teacher_dirs: tuple[str, ...]
+    weights: tuple[float, ...]
+    teachers: tuple[tuple[str, float], ...]
     prepared: str
     features: str
     output: str
@@ -129,7 +132,7 @@ def export_shard(job: ShardJob) -> ShardTiming:
         network += network_done - began_member
         kernels += time.perf_counter() - network_done
     mixed_began = time.perf_counter()
-    knowledge = mix(members, lengths, k=job.settings.k)
+    knowledge = mix(members, lengths, k=job.settings.k, weights=job.weights)
     kernels_done = time.perf_counter()
     kernels += kernels_done - mixed_began
 
@@ -143,6 +146,7 @@ def export_shard(job: ShardJob) -> ShardTiming:
         k=job.settings.k,
         cache_key=job.cache_key,
         digests=dict(job.digests),
+        teachers=dict(job.teachers),
         prepared=os.path.relpath(job.prepared, Path(job.output).parent),
         marginals_dtype=job.settings.marginals_dtype,
         emissions_dtype=job.settings.emissions_dtype,

@@ -1,12 +1,15 @@
-"""Export: run each teacher once over its training corpus into knowledge shards (core of
-``export-teachers``).
+"""Export: run each teacher once over its training corpus, and the chosen teachers over each
+unlabeled corpus, into knowledge shards (core of ``export-teachers``).
 
-Writes ``knowledge/<lang>/part-NNNNN.parquet`` + ``manifest.json``, one dask task per shard
-(:func:`structkd.pipeline.export.export_shard`), every language's missing shards in one
+Writes ``knowledge/<lang>/part-NNNNN.parquet`` + ``manifest.json`` per teacher language and
+``knowledge/unlabeled/<lang>/`` per unlabeled corpus (the exact weighted mixture of its teachers,
+:func:`structkd.pipeline.ensemble.mix`), one dask task per shard
+(:func:`structkd.pipeline.export.export_shard`), every source's missing shards in one
 submission, on a LocalCluster (``workers``) or an existing cluster (``scheduler``). Reuse is by
-content: a language whose :func:`knowledge_key` is unchanged runs no teacher; an interrupted or
-corrupted export recomputes only what is missing or broken. The locks of all languages are taken
-in one order, so two exports can share a cache safely.
+content: a source whose :func:`knowledge_key` is unchanged runs no teacher (adding a corpus
+computes only it); an interrupted or corrupted export recomputes only what is missing or
+broken. The locks of all sources are taken in one order, so two exports can share a cache
+safely.
 """
 
 from __future__ import annotations
@@ -16,12 +19,20 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
-from structkd.pipeline.params import ExportParams, Params, RuntimeParams, check_range, field_of
+from structkd.pipeline.params import (
+    UNLABELED,
+    ExportParams,
+    Params,
+    RuntimeParams,
+    check_range,
+    field_of,
+)
 from structkd.storage.cache import CacheEntry, KnowledgeCache, cache_key, content_digest, locked
 
 if TYPE_CHECKING:
@@ -34,39 +45,96 @@ RUN_SETTINGS = ("workers", "timeout")
 """Export settings that change how the export runs, not what it writes (not in the key)."""
 
 
-def knowledge_inputs(layout: Layout, lang: str, seeds: Sequence[int]) -> dict[str, str]:
-    """Digests of what ``lang``'s knowledge is made from (stored in its manifest and shards).
+@dataclass(frozen=True)
+class KnowledgeSource:
+    """A corpus the teachers label, one cache entry: a teacher language's training split
+    (labelled by its own teacher) or a language's unlabeled text (labelled by the weighted
+    mixture of the teachers ``data.unlabeled`` names for it).
 
-    The teacher ensemble's members are ``teacher`` / ``teacher_config`` (the first, seed
+    Attributes:
+        name: the cache entry, ``<lang>`` or ``unlabeled/<lang>`` under ``knowledge/``.
+        lang, split: the prepared split it labels.
+        teachers: teacher language -> weight (summing to 1), in params.yaml order.
+    """
+
+    name: str
+    lang: str
+    split: str
+    teachers: dict[str, float]
+
+    @property
+    def own_teacher(self) -> bool:
+        """A teacher language's training split: its inputs name the teacher ``teacher``."""
+        return self.split == "train"
+
+    def member_weights(self, layout: Layout, seeds: Sequence[int]) -> list[tuple[Path, float]]:
+        """Every member of every teacher with its weight in the mixture: the teacher's weight
+        shared equally by the members of its ensemble."""
+        return [
+            (member, weight / len(seeds))
+            for teacher, weight in self.teachers.items()
+            for member in layout.teacher_members(teacher, seeds)
+        ]
+
+
+def knowledge_sources(params: Params) -> list[KnowledgeSource]:
+    """Every teacher language's training split, then every unlabeled corpus."""
+    data = params.data
+    return [
+        *(KnowledgeSource(lang, lang, "train", {lang: 1.0}) for lang in data.languages),
+        *(
+            KnowledgeSource(f"{UNLABELED}/{lang}", lang, UNLABELED, data.unlabeled_weights(lang))
+            for lang in data.unlabeled
+        ),
+    ]
+
+
+def knowledge_inputs(
+    layout: Layout, source: KnowledgeSource, seeds: Sequence[int]
+) -> dict[str, str]:
+    """Digests of what a source's knowledge is made from (stored in its manifest and shards).
+
+    A member of a teacher ensemble is ``teacher`` / ``teacher_config`` (the first, seed
     ``seeds[0]``) and ``teacher@seed-<s>`` / ``teacher_config@seed-<s>`` for the others, so a
-    single teacher's inputs, and hence its key, are what they were before ensembles.
+    single teacher's inputs, and hence its key, are what they were before ensembles; over
+    unlabeled text each teacher's members carry its language, ``teacher[<lang>]@seed-<s>``.
     """
     inputs = {}
-    for i, (seed, member) in enumerate(
-        zip(seeds, layout.teacher_members(lang, seeds), strict=True)
-    ):
-        tag = f"@seed-{seed}" if i else ""
-        inputs[f"teacher{tag}"] = content_digest(member / "model.safetensors")
-        inputs[f"teacher_config{tag}"] = content_digest(member / "config.json")
+    for teacher in source.teachers:
+        name = "" if source.own_teacher else f"[{teacher}]"
+        for i, (seed, member) in enumerate(
+            zip(seeds, layout.teacher_members(teacher, seeds), strict=True)
+        ):
+            tag = name + (f"@seed-{seed}" if i else "")
+            inputs[f"teacher{tag}"] = content_digest(member / "model.safetensors")
+            inputs[f"teacher_config{tag}"] = content_digest(member / "config.json")
     return {
         **inputs,
-        "prepared": content_digest(layout.prepared(lang, "train")),
-        "features": content_digest(layout.features(lang, "train")),
+        "prepared": content_digest(layout.prepared(source.lang, source.split)),
+        "features": content_digest(layout.features(source.lang, source.split)),
     }
 
 
 def teacher_members(inputs: Mapping[str, str]) -> list[str]:
-    """The member tags of the inputs: ``""`` for the first teacher, ``"@seed-<s>"`` for others."""
-    return [""] + sorted(
-        name.removeprefix("teacher") for name in inputs if name.startswith("teacher@")
-    )
+    """The member tags of the inputs: ``""`` for a language's own first teacher, then
+    ``"@seed-<s>"``, ``"[<lang>]"``, ``"[<lang>]@seed-<s>"`` sorted."""
+    tags = [
+        name.removeprefix("teacher")
+        for name in inputs
+        if name.startswith("teacher") and not name.startswith("teacher_config")
+    ]
+    return sorted(tags, key=lambda tag: (tag != "", tag))
 
 
-def knowledge_key(inputs: Mapping[str, str], settings: ExportParams) -> str:
-    """The cache key of a language's knowledge: its inputs, the export settings, the schema.
+def knowledge_key(
+    inputs: Mapping[str, str], settings: ExportParams, source: KnowledgeSource
+) -> str:
+    """The cache key of a source's knowledge: its inputs, the export settings, the schema and,
+    over unlabeled text, the teachers' weights.
 
     The student recomputes it to refuse knowledge a retrained teacher has made stale.
     """
+    weights = {} if source.own_teacher else {"weights": source.teachers}
     return cache_key(
         teacher_digest="".join(
             inputs[f"teacher{tag}"] + inputs[f"teacher_config{tag}"]
@@ -74,7 +142,10 @@ def knowledge_key(inputs: Mapping[str, str], settings: ExportParams) -> str:
         ),
         prepared_digest=inputs["prepared"],
         features_digest=inputs["features"],
-        settings={k: v for k, v in asdict(settings).items() if k not in RUN_SETTINGS},
+        settings={
+            **{k: v for k, v in asdict(settings).items() if k not in RUN_SETTINGS},
+            **weights,
+        },
     )
 
 
@@ -84,10 +155,10 @@ def knowledge_cache(layout: Layout) -> KnowledgeCache:
 
 
 @dataclass(frozen=True)
-class LanguageExport:
-    """One teacher language: its cache entry and key, and where its inputs are."""
+class SourceExport:
+    """One knowledge source: its cache entry and key, and where its inputs are."""
 
-    lang: str
+    source: KnowledgeSource
     entry: CacheEntry
     key: str
     inputs: dict[str, str]
@@ -101,13 +172,15 @@ class LanguageExport:
         """One dask task per missing shard (each worker resolves ``runtime`` for itself)."""
         from structkd.pipeline.export import ShardJob
 
-        prepared = self.layout.prepared(self.lang, "train")
-        features = self.layout.features(self.lang, "train")
+        source = self.source
+        prepared = self.layout.prepared(source.lang, source.split)
+        features = self.layout.features(source.lang, source.split)
+        members = source.member_weights(self.layout, self.seeds)
         return [
             ShardJob(
-                teacher_dirs=tuple(
-                    str(d) for d in self.layout.teacher_members(self.lang, self.seeds)
-                ),
+                teacher_dirs=tuple(str(d) for d, _ in members),
+                weights=tuple(w for _, w in members),
+                teachers=tuple(source.teachers.items()),
                 prepared=str(prepared / name),
                 features=str(features / name),
                 output=str(self.entry.shard_path(name)),
@@ -120,25 +193,27 @@ class LanguageExport:
         ]
 
 
-def plan_export(params: Params, layout: Layout) -> list[LanguageExport]:
-    """Every teacher language with its key, in language order (the order locks are taken).
+def plan_export(params: Params, layout: Layout) -> list[SourceExport]:
+    """Every knowledge source with its key, in entry order (the order locks are taken).
 
     Raises:
         StructkdError: a teacher was trained with another label set than the task's.
     """
     task_labels = LabelSet.load(layout.labels)
     cache = knowledge_cache(layout)
-    plans = []
     seeds = params.teacher.seeds
     for lang in params.data.languages:
         for member in layout.teacher_members(lang, seeds):
             labels_path = member / "labels.json"
             task_labels.check_same(LabelSet.load(labels_path), str(labels_path))
-        inputs = knowledge_inputs(layout, lang, seeds)
-        names = [p.name for p in shard_paths(layout.prepared(lang, "train"))]
-        key = knowledge_key(inputs, params.export)
-        plans.append(LanguageExport(lang, cache.entry(lang), key, inputs, names, layout, seeds))
-    return sorted(plans, key=lambda p: p.lang)
+    plans = []
+    for source in knowledge_sources(params):
+        inputs = knowledge_inputs(layout, source, seeds)
+        names = [p.name for p in shard_paths(layout.prepared(source.lang, source.split))]
+        key = knowledge_key(inputs, params.export, source)
+        entry = cache.entry(source.name)
+        plans.append(SourceExport(source, entry, key, inputs, names, layout, seeds))
+    return sorted(plans, key=lambda p: p.source.name)
 
 
 def run(
@@ -163,55 +238,53 @@ def run(
     settings = params.export
     if workers is not None:
         check_range(field_of(ExportParams, "workers"), workers, "--workers")
-    languages = plan_export(params, layout)
+    sources = plan_export(params, layout)
     with ExitStack() as stack:
         # every language's lock, in one order (no deadlock between two exports), then every
         # missing shard of every language in one submission, so all workers stay busy
-        stack.enter_context(locked(language.entry for language in languages))
-        diagnoses = [language.entry.diagnose(language.key) for language in languages]
+        stack.enter_context(locked(export.entry for export in sources))
+        diagnoses = [export.entry.diagnose(export.key) for export in sources]
         client = None
         if any(diagnosis.status != "hit" for diagnosis in diagnoses):
             client = stack.enter_context(
                 _client(scheduler, workers or settings.workers, settings.timeout)
             )
-        pending: dict[str, LanguageExport] = {}
+        pending: dict[str, SourceExport] = {}
         jobs: list[tuple[str, ShardJob]] = []
-        for language, diagnosis in zip(languages, diagnoses, strict=True):
-            lang, entry, key = language.lang, language.entry, language.key
-            plan = entry.plan(
-                key, inputs=language.inputs, expected=language.names, diagnosis=diagnosis
-            )
+        for export, diagnosis in zip(sources, diagnoses, strict=True):
+            name, entry, key = export.source.name, export.entry, export.key
+            plan = entry.plan(key, inputs=export.inputs, expected=export.names, diagnosis=diagnosis)
             if plan.hit:
-                echo(f"knowledge {lang}: up to date, no teacher run (key {key[:12]})")
+                echo(f"knowledge {name}: up to date, no teacher run (key {key[:12]})")
                 continue
             echo(
-                f"knowledge {lang}: computing {len(plan.missing)} of {len(language.names)} "
+                f"knowledge {name}: computing {len(plan.missing)} of {len(export.names)} "
                 f"shards ({plan.reason})"
             )
             if not plan.missing:  # every shard verified: only the manifest was missing or stale
-                entry.commit(key, language.names)
+                entry.commit(key, export.names)
                 continue
-            pending[lang] = language
-            jobs += [(lang, job) for job in language.jobs(plan.missing, settings, params.runtime)]
+            pending[name] = export
+            jobs += [(name, job) for job in export.jobs(plan.missing, settings, params.runtime)]
         if not jobs:
             return
-        assert client is not None  # some language was not a hit
-        left = Counter(lang for lang, _ in jobs)
-        futures = {client.submit(export_shard, job, pure=False): lang for lang, job in jobs}
+        assert client is not None  # some source was not a hit
+        left = Counter(name for name, _ in jobs)
+        futures = {client.submit(export_shard, job, pure=False): name for name, job in jobs}
         # closed on error too, so the Error line starts on a line of its own
         with tqdm(total=len(jobs), desc="export", unit="shard", leave=False) as bar:
             for future in as_completed(futures):
-                language = pending[futures[future]]
+                export = pending[futures[future]]
                 try:
                     timing = future.result()
                 except StructkdError:
                     client.cancel(list(futures))
                     raise
-                language.entry.record(language.key, timing.record)
+                export.entry.record(export.key, timing.record)
                 bar.update()
-                left[language.lang] -= 1
-                if not left[language.lang]:
-                    language.entry.commit(language.key, language.names)
+                left[export.source.name] -= 1
+                if not left[export.source.name]:
+                    export.entry.commit(export.key, export.names)
 
 
 @contextmanager

@@ -549,22 +549,28 @@ def sentence_weighted_loss(
     batch: Mapping[str, Tensor] | Any,
     *,
     lams: Tensor,
+    weights: Tensor | None = None,
     temperature: float = 1.0,
     mixture: Mixture = "sum",
 ) -> Tensor:
-    """``1/B · Σ_b [λ_b·L_KD(b) + (1−λ_b)·L_gold(b)]``: :func:`student_loss` with a λ per sentence.
+    """``1/B · Σ_b w_b·[λ_b·L_KD(b) + (1−λ_b)·L_gold(b)]``: :func:`student_loss` with a λ and a
+    weight per sentence.
 
-    Every loss is a sum over sentences divided by B, so the sentences sharing a λ are one
-    :func:`student_loss` call, weighted by their share of the batch; a sentence with λ_b = 0 is
-    trained on its gold labels alone (trust per language gives a useless teacher no say).
+    Every loss is a sum over sentences divided by B, so the sentences sharing a (λ, w) are one
+    :func:`student_loss` call, weighted by w and their share of the batch; a sentence with
+    λ_b = 0 is trained on its gold labels alone (trust per language gives a useless teacher no
+    say), one with λ_b = 1 on the KD term alone (unlabeled text, whose weight is w_b).
 
     Args:
         lams: ``(B,)`` the λ of every sentence.
+        weights: ``(B,)`` the weight of every sentence; None: 1.
     """
+    lam_values = lams.detach().cpu().double()
+    weight_values = torch.ones_like(lam_values) if weights is None else weights.detach().cpu()
+    pairs = torch.stack([lam_values, weight_values.double()], dim=1)
     total = student_emissions.new_zeros(())
-    values = lams.detach().cpu().double()
-    for lam in torch.unique(values).tolist():
-        rows = torch.nonzero(values == lam).flatten()
+    for lam, weight in torch.unique(pairs, dim=0).tolist():
+        rows = torch.nonzero((pairs[:, 0] == lam) & (pairs[:, 1] == weight)).flatten()
         part = student_loss(
             method,
             crf,
@@ -574,5 +580,5 @@ def sentence_weighted_loss(
             temperature=temperature,
             mixture=mixture,
         )
-        total = total + part * (len(rows) / len(values))
+        total = total + part * (weight * len(rows) / len(lam_values))
     return total

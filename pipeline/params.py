@@ -28,6 +28,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -37,6 +38,8 @@ import yaml
 from structkd.errors import ConfigError
 
 Format = Literal["conll", "conllu", "bio"]
+UnlabeledFormat = Literal["text", "conll", "conllu", "bio"]
+"""``text``: one sentence per line, whitespace-tokenised; the others are read without labels."""
 Scheme = Literal["iob1", "iob2", "bio", "bioes", "none"]
 Method = Literal["baseline", "emission", "topk", "topwk", "posterior", "pos+topwk", "structural"]
 METHODS: tuple[Method, ...] = get_args(Method)
@@ -129,14 +132,51 @@ class CorpusSpec:
         return {name: path for name, path in found.items() if path is not None}
 
 
+UNLABELED = "unlabeled"
+"""The split name of a language's unlabeled corpus (``data/prepared/<lang>/unlabeled``)."""
+
+
+@dataclass(frozen=True)
+class UnlabeledSpec:
+    """One language's unlabeled text: distilled from teachers' soft labels alone (no gold term).
+
+    ``teachers`` says who labels it: ``all`` (every teacher language, equal weights), a list of
+    teacher languages (equal weights) or a mapping language -> weight (normalised; 0 leaves a
+    teacher out). Several teachers give the student their exact weighted mixture. ``limit``
+    keeps that many sentences, evenly spread (as ``train_limit``).
+    """
+
+    path: str
+    format: UnlabeledFormat = "text"
+    token_column: int = ranged(0)  # negative counts from the last column (conll, bio)
+    teachers: Literal["all"] | tuple[str, ...] | dict[str, float] = ranged("all", ge=0.0)
+    limit: int | None = ranged(None, ge=1)
+
+    def weights(self, teacher_langs: Sequence[str]) -> dict[str, float]:
+        """``{teacher: weight}`` summing to 1, teachers of weight 0 left out, in the order of
+        ``teacher_langs`` (the teacher languages of params.yaml)."""
+        if self.teachers == "all":
+            chosen: Mapping[str, float] = dict.fromkeys(teacher_langs, 1.0)
+        elif isinstance(self.teachers, tuple):
+            chosen = dict.fromkeys(self.teachers, 1.0)
+        else:
+            chosen = self.teachers
+        total = sum(chosen.values())
+        if total <= 0:
+            return {}
+        return {t: chosen[t] / total for t in teacher_langs if chosen.get(t, 0.0) > 0}
+
+
 @dataclass(frozen=True)
 class DataParams:
-    """The task and its corpora: teacher languages (train/dev/test) and zero-shot ones (test)."""
+    """The task and its corpora: teacher languages (train/dev/test), zero-shot ones (test) and
+    unlabeled text of any language (distillation only)."""
 
     task: str
     languages: dict[str, CorpusSpec]
     zero_shot: dict[str, CorpusSpec] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
+    unlabeled: dict[str, UnlabeledSpec] = field(default_factory=dict)
 
     @property
     def span_task(self) -> bool:
@@ -146,6 +186,15 @@ class DataParams:
     def all_languages(self) -> dict[str, CorpusSpec]:
         """Teacher languages followed by zero-shot languages."""
         return {**self.languages, **self.zero_shot}
+
+    def prepared_splits(self) -> list[tuple[str, str]]:
+        """Every (language, split) that ``prepare`` writes: the labelled ones, then unlabeled."""
+        labelled = [(lang, s) for lang, spec in self.all_languages().items() for s in spec.splits()]
+        return labelled + [(lang, UNLABELED) for lang in self.unlabeled]
+
+    def unlabeled_weights(self, lang: str) -> dict[str, float]:
+        """The teachers labelling ``lang``'s unlabeled text, with their normalised weights."""
+        return self.unlabeled[lang].weights(list(self.languages))
 
 
 @dataclass(frozen=True)
@@ -226,6 +275,11 @@ class StudentParams(TrainParams):
     ``trust: dev`` scales each language's KD weight by how much its teacher beats the student on
     that language's dev set, ``clip((teacher − student) / trust_margin, 0, 1)`` (points),
     measured at the start of every epoch (epoch 0: 1); ``none`` distils every language at λ.
+
+    ``unlabeled_weight`` is the KD weight of a sentence of unlabeled text (``data.unlabeled``,
+    no gold term, not annealed); 0 ignores unlabeled text. With trust, it is scaled by the
+    weighted mean of the trust of the teachers whose mixture labels the text (a zero-shot
+    language has no dev set of its own: its teachers' trust is all there is to measure).
     """
 
     methods: tuple[Method, ...] = METHODS
@@ -238,6 +292,7 @@ class StudentParams(TrainParams):
     shuffle_buffer: int = ranged(2000, ge=1)
     trust: Literal["none", "dev"] = "none"
     trust_margin: float = ranged(1.0, gt=0.0)
+    unlabeled_weight: float = ranged(1.0, ge=0.0)
 
 
 @dataclass(frozen=True)
@@ -322,7 +377,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
 
 
 def check_range(f: dataclasses.Field[Any], value: T, key: str) -> T:
-    """``value`` if the :class:`Range` that field ``f`` declares allows it (None always passes).
+    """``value`` if the :class:`Range` that field ``f`` declares allows it (None and other
+    non-numbers pass; the numbers of a mapping are checked one by one, ``<key>.<name>``).
 
     Also the check of a command-line override of a params key (``key`` names the option).
 
@@ -330,8 +386,17 @@ def check_range(f: dataclasses.Field[Any], value: T, key: str) -> T:
         ConfigError: ``<key>: <value> is not in <range>``.
     """
     allowed = f.metadata.get(RANGE)
-    if allowed is not None and value is not None and not allowed.allows(value):
-        raise ConfigError(f"{key}: {value!r} is not in {allowed}")
+    if allowed is None:
+        return value
+    numbers = (
+        [(f"{key}.{name}", v) for name, v in value.items()]
+        if isinstance(value, Mapping)
+        else [(key, value)]
+    )
+    for where, number in numbers:
+        is_number = isinstance(number, int | float) and not isinstance(number, bool)
+        if is_number and not allowed.allows(number):
+            raise ConfigError(f"{where}: {number!r} is not in {allowed}")
     return value
 
 
@@ -381,6 +446,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     for lang, spec in params.data.zero_shot.items():
         if spec.test is None:
             raise ConfigError(f"{source}: data.zero_shot.{lang} has no test split")
+    for lang, unlabeled in params.data.unlabeled.items():
+        _check_unlabeled(params.data, lang, unlabeled, f"{source}: data.unlabeled.{lang}")
     _check_together(params, source)
     return params
 
@@ -403,6 +470,20 @@ def device_problem(name: str) -> str | None:
     if device.type != "cpu" and count <= (device.index or 0):
         return "is not available on this machine"
     return None
+
+
+def _check_unlabeled(data: DataParams, lang: str, spec: UnlabeledSpec, where: str) -> None:
+    """Unlabeled text names only teacher languages, with some weight among them."""
+    if spec.teachers == "all":
+        return
+    for teacher in spec.teachers:
+        if teacher not in data.languages:
+            raise ConfigError(
+                f"{where}.teachers: {teacher!r} is not a teacher language "
+                f"(data.languages: {', '.join(data.languages)})"
+            )
+    if not spec.weights(list(data.languages)):
+        raise ConfigError(f"{where}.teachers: no teacher with a positive weight")
 
 
 def _check_together(params: Params, source: str) -> None:

@@ -1,9 +1,10 @@
 """Prepare: every configured corpus into Parquet shards plus the task's labels.json.
 
 Writes ``data/prepared/<lang>/<split>/part-NNNNN.parquet`` (tokens, BIOES label ids for span
-tasks) and ``data/prepared/labels.json``. Any bad line stops the stage with ``file:line: problem``
-before anything is written: every split is read, validated and encoded first, then written to a
-staging folder, and only then does it replace ``data/prepared`` as a whole.
+tasks; unlabeled text as split ``unlabeled`` with label id -1) and ``data/prepared/labels.json``.
+Any bad line stops the stage with ``file:line: problem`` before anything is written: every split
+is read, validated and encoded first, then written to a staging folder, and only then does it
+replace ``data/prepared`` as a whole.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 
 from structkd.errors import InputError
-from structkd.pipeline.corpus import Sentence, read_corpus
+from structkd.pipeline.corpus import Sentence, read_corpus, read_tokens
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
-from structkd.pipeline.params import CorpusSpec, Params
+from structkd.pipeline.params import UNLABELED, CorpusSpec, Params
 from structkd.pipeline.schemes import to_bioes, validate_sentences
 from structkd.storage.arrays import PreparedArrays
 from structkd.storage.io import replace_dir, staging_dir
@@ -29,13 +30,24 @@ from structkd.storage.shards import shard_name, write_table_atomic
 T = TypeVar("T")
 
 
+NO_TAG = -1
+"""The label id stored for every token of unlabeled text (it has no gold tags)."""
+
+
 class Corpus(NamedTuple):
-    """One split as read and validated: where from, its scheme, sentences and (BIOES) tags."""
+    """One split as read and validated: where from, its scheme, sentences and (BIOES) tags
+    (None: unlabeled text)."""
 
     path: Path
     scheme: str
     sentences: list[Sentence]
-    tags: list[list[str]]
+    tags: list[list[str]] | None
+
+
+def spread(items: Sequence[T], k: int | None) -> list[T]:
+    """``k`` items evenly spread over ``items`` (positions ``floor(j * n / k)``); None: all."""
+    n = len(items)
+    return list(items) if k is None or k >= n else [items[j * n // k] for j in range(k)]
 
 
 def select(sentences: Sequence[T], split: str, spec: CorpusSpec) -> list[T]:
@@ -44,10 +56,7 @@ def select(sentences: Sequence[T], split: str, spec: CorpusSpec) -> list[T]:
     if spec.dev_split and split in ("train", "dev"):
         cut = len(sentences) - max(1, round(spec.dev_split * len(sentences)))
         sentences = sentences[:cut] if split == "train" else sentences[cut:]
-    k, n = spec.limit(split), len(sentences)
-    if k is not None and k < n:
-        sentences = [sentences[j * n // k] for j in range(k)]
-    return sentences
+    return spread(sentences, spec.limit(split))
 
 
 def run(
@@ -81,6 +90,10 @@ def read_corpora(params: Params, layout: Layout) -> dict[tuple[str, str], Corpus
             else:
                 tags = [list(s.tags) for s in sentences]
             corpora[lang, split] = Corpus(path, spec.scheme, sentences, tags)
+    for lang, text in params.data.unlabeled.items():
+        path = layout.source(text.path)
+        sentences = read_tokens(path, format=text.format, token_column=text.token_column)
+        corpora[lang, UNLABELED] = Corpus(path, "none", spread(sentences, text.limit), None)
     return corpora
 
 
@@ -92,7 +105,7 @@ def task_labels(
     if data.labels:
         first_scheme = next(iter(data.languages.values())).scheme
         return LabelSet.from_tags(data.labels, first_scheme, where=f"{params_path}: data.labels")
-    train_tags = [t for lang in data.languages for t in corpora[lang, "train"].tags]
+    train_tags = [t for lang in data.languages for t in corpora[lang, "train"].tags or []]
     return LabelSet.from_sentences(train_tags, "bioes" if data.span_task else "none")
 
 
@@ -102,6 +115,9 @@ def encode(
     """Label ids of every sentence; an unknown label stops with ``file:line`` (from ``source``)."""
     encoded = {}
     for split_key, corpus in corpora.items():
+        if corpus.tags is None:
+            encoded[split_key] = [np.full(len(s), NO_TAG, np.int16) for s in corpus.sentences]
+            continue
         ids = []
         for sentence, sentence_tags in zip(corpus.sentences, corpus.tags, strict=True):
             unknown = [i for i, tag in enumerate(sentence_tags) if tag not in labels]

@@ -4,9 +4,11 @@
 Streams ``data/features/<lang>/train`` zipped with ``data/prepared/<lang>/train`` and the verified
 ``knowledge/<lang>`` shards of every teacher language (only when the method needs knowledge, and
 only the columns it needs), and trains with ``λ·L_KD + (1−λ)·L_gold``, λ falling by
-``anneal_rate`` percent per epoch (paper §4.1). Model selection on the concatenated dev sets of
-all languages (micro score, as the paper). Writes ``models/students/<method>/`` (model,
-checkpoint.pt, history.csv, metrics.json).
+``anneal_rate`` percent per epoch (paper §4.1). Unlabeled text (``data.unlabeled``, its
+``knowledge/unlabeled/<lang>`` the mixture of its teachers) is in the same stream with
+``unlabeled_weight·L_KD`` and no gold term; the baseline ignores it. Model selection on the
+concatenated dev sets of all languages (micro score, as the paper). Writes
+``models/students/<method>/`` (model, checkpoint.pt, history.csv, metrics.json).
 
 Knowledge is taken from the cache only under the key the export would compute today
 (:func:`~structkd.pipeline.export_teachers.knowledge_key`), so a teacher retrained by hand
@@ -31,7 +33,13 @@ from structkd.pipeline.batching import Batch, DistillationStream
 from structkd.pipeline.data import Split, shard_paths
 from structkd.pipeline.embed import features_encoder
 from structkd.pipeline.evaluation import evaluate_splits, load_splits
-from structkd.pipeline.export_teachers import knowledge_cache, knowledge_inputs, knowledge_key
+from structkd.pipeline.export_teachers import (
+    KnowledgeSource,
+    knowledge_cache,
+    knowledge_inputs,
+    knowledge_key,
+    knowledge_sources,
+)
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
 from structkd.pipeline.losses import KD_METHODS, lambda_at, sentence_weighted_loss, student_loss
@@ -47,12 +55,21 @@ from structkd.storage.shards import shard_metadata
 from structkd.storage.stream import LanguageShards
 
 
+def distilled_sources(params: Params, method: Method) -> list[KnowledgeSource]:
+    """The knowledge sources the student of ``method`` trains on: every teacher language's
+    training split and, for a method with a KD term and ``student.unlabeled_weight`` > 0, every
+    unlabeled corpus (the baseline has nothing to learn from text without labels)."""
+    unlabeled = KD_METHODS[method].kd is not None and params.student.unlabeled_weight > 0
+    return [s for s in knowledge_sources(params) if s.own_teacher or unlabeled]
+
+
 def training_sources(
     layout: Layout, params: Params, labels: LabelSet, method: Method
 ) -> tuple[list[LanguageShards], dict[str, str]]:
-    """Shards of every teacher language, and the cache key of the knowledge each one uses.
+    """Shards of every source of :func:`distilled_sources`, and the cache key of the knowledge
+    each one uses.
 
-    ``params`` gives the languages, the student's ``k`` and what the knowledge key the student
+    ``params`` gives the sources, the student's ``k`` and what the knowledge key the student
     expects is made of (the teachers' members, the export settings).
 
     Raises:
@@ -63,46 +80,50 @@ def training_sources(
     columns, k = KD_METHODS[method].columns, params.student.k
     cache = knowledge_cache(layout)
     sources, keys = [], {}
-    for lang in params.data.languages:
+    for source in distilled_sources(params, method):
         knowledge = None
         if columns:
-            knowledge = current_knowledge(cache.entry(lang), lang, layout, params)
+            knowledge = current_knowledge(cache.entry(source.name), source, layout, params)
             meta = KnowledgeMeta.from_metadata(shard_metadata(knowledge[0]))
             if tuple(meta.labels) != labels.labels:
                 raise StructkdError(
-                    f"{knowledge[0]}: teacher '{lang}' labels {list(meta.labels)} differ from the "
-                    f"task's {list(labels.labels)} ({layout.labels}); re-run the pipeline"
+                    f"{knowledge[0]}: knowledge '{source.name}' labels {list(meta.labels)} "
+                    f"differ from the task's {list(labels.labels)} ({layout.labels}); "
+                    "re-run the pipeline"
                 )
             if "topk_tags" in columns and k > meta.k:
                 raise StructkdError(
-                    f"student.k = {k} but the knowledge of '{lang}' holds only "
+                    f"student.k = {k} but the knowledge of '{source.name}' holds only "
                     f"k = {meta.k} paths; raise export.k or lower student.k"
                 )
-            keys[lang] = meta.cache_key
+            keys[source.name] = meta.cache_key
         sources.append(
             LanguageShards(
-                lang,
-                prepared=shard_paths(layout.prepared(lang, "train")),
-                features=shard_paths(layout.features(lang, "train")),
+                source.lang,
+                prepared=shard_paths(layout.prepared(source.lang, source.split)),
+                features=shard_paths(layout.features(source.lang, source.split)),
                 knowledge=knowledge,
+                split=source.split,
             )
         )
     return sources, keys
 
 
-def current_knowledge(entry: CacheEntry, lang: str, layout: Layout, params: Params) -> list[Path]:
-    """The knowledge shards of ``lang`` if they were made from today's teachers and inputs.
+def current_knowledge(
+    entry: CacheEntry, source: KnowledgeSource, layout: Layout, params: Params
+) -> list[Path]:
+    """The knowledge shards of ``source`` if they were made from today's teachers and inputs.
 
     Raises:
-        StructkdError: stale (one line naming ``lang``), or not a verified hit.
+        StructkdError: stale (one line naming the source), or not a verified hit.
     """
-    inputs = knowledge_inputs(layout, lang, params.teacher.seeds)
-    key = knowledge_key(inputs, params.export)
+    inputs = knowledge_inputs(layout, source, params.teacher.seeds)
+    key = knowledge_key(inputs, params.export, source)
     diagnosis = entry.diagnose(key)
     if diagnosis.status == "stale":
         raise StructkdError(
-            f"knowledge of '{lang}' is stale: it was exported from another teacher, corpus, "
-            f"features, export settings or schema ({diagnosis.problems[0]}); "
+            f"knowledge of '{source.name}' is stale: it was exported from another teacher, "
+            f"corpus, features, export settings or schema ({diagnosis.problems[0]}); "
             "run `structkd stage export-teachers`"
         )
     return entry.hit_shards(diagnosis)
@@ -168,11 +189,16 @@ class Trust:
 
 @dataclass(frozen=True)
 class StudentObjective:
-    """``λ·L_KD + (1−λ)·L_gold`` over the distillation stream of every teacher language.
+    """``λ·L_KD + (1−λ)·L_gold`` over the distillation stream of every teacher language, and
+    ``unlabeled_weight·L_KD`` over its unlabeled text (no gold, not annealed).
 
-    Batches are moved to ``model``'s device (knowledge columns included). ``lam`` None anneals
-    λ as the paper (:func:`lambda_at`); a number fixes it (the benchmark). ``trust`` scales λ
-    per language (``student.trust: dev``); None gives every language λ.
+    Batches are moved to ``model``'s device (knowledge columns included). ``lam``
+    None anneals λ as the paper (:func:`lambda_at`); a number fixes it (the benchmark).
+    ``trust`` scales the KD weight per teacher (``student.trust: dev``): a training split by its
+    own teacher's trust, unlabeled text by the weighted mean of the trust of the teachers whose
+    mixture labels it; None gives every teacher 1. ``sources`` are the stream's sources in
+    order (:func:`distilled_sources`), needed with trust or unlabeled text; without them every
+    sentence has λ.
     """
 
     model: Tagger
@@ -181,6 +207,7 @@ class StudentObjective:
     cfg: StudentParams
     lam: float | None = None
     trust_by_language: Trust | None = None
+    sources: Sequence[KnowledgeSource] = ()
 
     def batches(self, epoch: int) -> Iterator[Batch]:
         self.trust(epoch)  # measured before the epoch's first step changes the student
@@ -199,8 +226,8 @@ class StudentObjective:
         """The loss of a batch given its emissions (the stream already kept ``cfg.k`` paths)."""
         cfg = self.cfg
         lam = lambda_at(epoch, cfg.anneal_rate) if self.lam is None else self.lam
-        weights = self.trust(epoch)
-        if not weights:
+        per_source = self.source_weights(epoch, lam)
+        if per_source is None:
             return student_loss(
                 self.method,
                 self.model.crf,
@@ -210,20 +237,36 @@ class StudentObjective:
                 temperature=cfg.temperature,
                 mixture=cfg.mixture,
             )
-        assert batch.lang is not None  # streamed batches know each sentence's language
-        factors = torch.tensor([weights[lang] for lang in self.stream.langs], dtype=torch.float64)
+        assert batch.lang is not None  # streamed batches know each sentence's source
+        lams, weights = per_source
+        rows = batch.lang.cpu()
         return sentence_weighted_loss(
             self.method,
             self.model.crf,
             emissions,
             batch,
-            lams=lam * factors[batch.lang.cpu()],
+            lams=lams[rows],
+            weights=weights[rows],
             temperature=cfg.temperature,
             mixture=cfg.mixture,
         )
 
+    def source_weights(self, epoch: int, lam: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(λ, weight)`` of each stream source's sentences in ``epoch``: a training split
+        ``(λ·t, 1)``, unlabeled text ``(1, unlabeled_weight·t)``, t the trust of its teachers;
+        None when every sentence has ``(λ, 1)`` (no trust, no unlabeled text)."""
+        trust = self.trust(epoch)
+        if not trust and all(source.own_teacher for source in self.sources):
+            return None
+        lams, weights = [], []
+        for source in self.sources:
+            factor = sum(w * trust.get(t, 1.0) for t, w in source.teachers.items())
+            lams.append(lam * factor if source.own_teacher else 1.0)
+            weights.append(1.0 if source.own_teacher else self.cfg.unlabeled_weight * factor)
+        return torch.tensor(lams, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+
     def trust(self, epoch: int) -> dict[str, float]:
-        """Each language's factor of λ in ``epoch`` (empty without trust or KD)."""
+        """Each teacher language's trust in ``epoch`` (empty without trust or KD)."""
         if self.trust_by_language is None or KD_METHODS[self.method].kd is None:
             return {}
         return self.trust_by_language.weights(epoch)
@@ -267,8 +310,8 @@ def train_student(
     cfg = params.student
     labels = LabelSet.load(layout.labels)
     langs = list(params.data.languages)
-    sources, knowledge_keys = training_sources(layout, params, labels, method)
-    stream = student_stream(sources, method, cfg)
+    shards, knowledge_keys = training_sources(layout, params, labels, method)
+    stream = student_stream(shards, method, cfg)
     dev, test = load_splits(layout, langs, "dev"), load_splits(layout, langs, "test")
     config = TaggerConfig(
         feature_dim=stream.dim,
@@ -286,7 +329,14 @@ def train_student(
     if cfg.trust == "dev" and KD_METHODS[method].kd is not None:
         teacher_dev = teacher_dev_scores(layout, langs, params.teacher.seeds)
         trust = Trust(model, dev, teacher_dev, cfg.trust_margin)
-    objective = StudentObjective(model, stream, method, cfg, trust_by_language=trust)
+    objective = StudentObjective(
+        model,
+        stream,
+        method,
+        cfg,
+        trust_by_language=trust,
+        sources=distilled_sources(params, method),
+    )
     loss, join = distributed.wrap(
         model, objective.loss, find_unused_parameters=not KD_METHODS[method].touches_crf
     )

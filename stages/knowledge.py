@@ -48,8 +48,13 @@ def show(
         f"  cache key {meta.cache_key[:16]}…  inputs: "
         + ", ".join(f"{k}={v[:12]}" for k, v in sorted(meta.digests.items()))
     )
-    if "teacher" in meta.digests:  # knowledge made outside the export records no inputs
-        members = teacher_members(meta.digests)
+    if meta.teachers:  # shards of older exports do not record it
+        typer.echo(
+            "  labelled by: "
+            + ", ".join(f"{lang} (weight {w:.4g})" for lang, w in meta.teachers.items())
+        )
+    members = teacher_members(meta.digests)  # knowledge made outside the export has none
+    if members:
         typer.echo(
             f"  teachers: {len(members)}"
             + (

@@ -277,6 +277,8 @@ class KnowledgeMeta:
             directory ("" if unknown), so readers find the words without knowing the layout.
         marginals_dtype, emissions_dtype: stored dtypes of ``log_marginals`` and ``emissions``.
         edge_marginals: the shard holds the summed edge marginals (``edge_sums``).
+        teachers: the teacher languages whose (weighted) mixture the shard holds, with their
+            weights ({} when unknown: shards of older exports).
     """
 
     labels: tuple[str, ...]
@@ -290,6 +292,7 @@ class KnowledgeMeta:
     marginals_dtype: FloatDtype = "float32"
     emissions_dtype: FloatDtype = "float32"
     edge_marginals: bool = False
+    teachers: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def n_tags(self) -> int:
@@ -331,6 +334,7 @@ class KnowledgeMeta:
             "cache_key": self.cache_key,
             "digests": json.dumps(dict(self.digests), sort_keys=True),
             **({"prepared": self.prepared} if self.prepared else {}),
+            **({"teachers": json.dumps(dict(self.teachers))} if self.teachers else {}),
         }
 
     @classmethod
@@ -350,4 +354,5 @@ class KnowledgeMeta:
             marginals_dtype=dtypes["log_marginals"],
             emissions_dtype=dtypes["emissions"],
             edge_marginals=json.loads(_require(m, "edge_marginals", "knowledge")),
+            teachers=json.loads(m.get("teachers", "{}")),
         )

@@ -51,12 +51,20 @@ _SAME_ORDER = "(shards must hold the same sentences in the same order)"
 
 @dataclass(frozen=True)
 class LanguageShards:
-    """One language's shard lists; index i of each list covers the same sentences."""
+    """One language's shard lists of one split; index i of each list covers the same
+    sentences. ``name`` tells the sources apart: ``<lang>`` for a training split,
+    ``<split>/<lang>`` otherwise (``unlabeled/fr``, as its knowledge entry)."""
 
     lang: str
     prepared: Sequence[Path]
     features: Sequence[Path]
     knowledge: Sequence[Path] | None = None
+    split: str = "train"
+
+    @property
+    def name(self) -> str:
+        """The source's name among the stream's sources (:attr:`ShardStream.langs`)."""
+        return self.lang if self.split == "train" else f"{self.split}/{self.lang}"
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,7 @@ class ShardStream:
         self.world_size, self.rank = world_size, rank
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
-        self.langs = tuple(s.lang for s in sources)
+        self.langs = tuple(s.name for s in sources)
         if not self.langs or len(set(self.langs)) != len(self.langs):
             raise ConfigError(f"sources must name distinct languages, got {list(self.langs)}")
         self.knowledge_columns = tuple(dict.fromkeys(knowledge_columns))

@@ -1,6 +1,7 @@
 """A tiny structkd project in a temporary directory, for the end-to-end tests.
 
-Real CoNLL-U slices of the shipped sample (data/sample), the tiny random BERT of conftest as the
+Real CoNLL-U slices of the shipped sample (data/sample) and some of its French unlabeled text
+(labelled by a weighted mixture of the teachers), the tiny random BERT of conftest as the
 encoder, tiny teachers and students and small prepared shards, so every stage runs in seconds
 while still writing several shards per language. The layout mirrors the repository (corpora under
 ``data/sample``), so the real ``dvc.yaml`` works unchanged once :func:`init_dvc` has copied it
@@ -29,6 +30,8 @@ SAMPLE = REPO / "data" / "sample"
 TEACHERS = ("en", "de")
 ZERO_SHOT = ("fr",)
 SPLIT_SIZES = {"train": 60, "dev": 20, "test": 20}
+UNLABELED_LINES, UNLABELED_LIMIT = 40, 30  # lines of the sample's French unlabeled text, kept
+UNLABELED_TEACHERS = {"en": 2.0, "de": 1.0}  # its teachers' weights (a weighted mixture)
 SHARD_SIZE = 25
 UPOS = [
     "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
@@ -62,6 +65,11 @@ def project_params(
         paths = {s: f"{corpus_dir}/{lang}/{s}.conllu" for s in splits}
         return {"format": "conllu", "scheme": "none", **paths}
 
+    def unlabeled(lang: str) -> dict:
+        path = f"{corpus_dir}/{lang}/unlabeled.txt"
+        teachers = {t: w for t, w in UNLABELED_TEACHERS.items() if t in languages}
+        return {"path": path, "teachers": teachers, "limit": UNLABELED_LIMIT}
+
     train = {"max_tokens": 400, "max_epochs": 2, "patience": 2, "lr": 0.01, "seed": 3}
     return {
         "data": {
@@ -69,6 +77,7 @@ def project_params(
             "labels": UPOS,
             "languages": {lang: corpus(lang, ("train", "dev", "test")) for lang in languages},
             "zero_shot": {lang: corpus(lang, ("test",)) for lang in zero_shot},
+            "unlabeled": {lang: unlabeled(lang) for lang in zero_shot},
         },
         "prepare": {"shard_size": shard_size},
         "embed": {
@@ -125,6 +134,8 @@ def build_project(
     for lang in zero_shot:
         target = root / corpus_dir / lang / "test.conllu"
         slice_conllu(SAMPLE / lang / "test.conllu", target, sizes["test"])
+        lines = (SAMPLE / lang / "unlabeled.txt").read_text("utf-8").splitlines(keepends=True)
+        (target.parent / "unlabeled.txt").write_text("".join(lines[:UNLABELED_LINES]), "utf-8")
     params = project_params(
         encoder_dir,
         methods,

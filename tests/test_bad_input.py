@@ -184,6 +184,16 @@ def test_non_utf8_file(project: Path) -> None:
     assert prepare_fails(project) == f"Error: {path}:{number}: not valid UTF-8 (byte 0xe9)"
 
 
+def test_non_utf8_unlabeled_text(project: Path) -> None:
+    """Unlabeled text (one sentence per line) is read by prepare like every corpus."""
+    text = project.parent / "corpora" / "fr" / "unlabeled.txt"
+    text.write_bytes("Le chat dort .\n\nun caf\u00e9 .\n".encode("latin-1"))
+    raw = yaml.safe_load(project.read_text("utf-8"))
+    raw["data"]["unlabeled"] = {"fr": {"path": "corpora/fr/unlabeled.txt"}}
+    write_params(project, raw)
+    assert prepare_fails(project) == f"Error: {text.resolve()}:3: not valid UTF-8 (byte 0xe9)"
+
+
 def test_misspelled_params_key(project: Path) -> None:
     raw = yaml.safe_load(project.read_text("utf-8"))
     raw["student"]["hiden"] = raw["student"].pop("hidden")

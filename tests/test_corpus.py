@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from structkd.errors import ConfigError, InputError
-from structkd.pipeline.corpus import Sentence, read_conll, read_conllu, read_corpus
+from structkd.pipeline.corpus import (
+    Sentence,
+    read_conll,
+    read_conllu,
+    read_corpus,
+    read_text,
+    read_tokens,
+)
 
 SHARED = Path("/work/shared/data")
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -294,3 +301,30 @@ def test_make_sample_reproduces_the_shipped_sample(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "make_sample", module)  # dataclasses look their module up
     spec.loader.exec_module(module)
     assert module.main(["--source", str(SHARED), "--out", str(SAMPLE), "--check"]) == 0
+
+
+def test_one_sentence_per_line_text(tmp_path: Path) -> None:
+    """Tokens-only text: every non-blank line is a sentence (its own line number), blank and
+    whitespace-only lines are skipped, runs of spaces and tabs separate words."""
+    path = write(tmp_path, "Le chat dort .\n\n  \nIl  pleut\t!\r\n", "u.txt")
+    assert read_text(path) == [
+        Sentence(("Le", "chat", "dort", "."), (), 1),
+        Sentence(("Il", "pleut", "!"), (), 4),
+    ]
+    assert read_tokens(path, format="text") == read_text(path)
+
+
+def test_one_sentence_per_line_text_errors(tmp_path: Path) -> None:
+    bad = write(tmp_path, "Le chat .\nun caf\xe9 .\n".encode("latin-1"), "bad.txt")
+    with pytest.raises(InputError) as caught:
+        read_text(bad)
+    assert str(caught.value) == f"{bad}:2: not valid UTF-8 (byte 0xe9)"
+    blank = write(tmp_path, "\n \n", "blank.txt")
+    with pytest.raises(InputError, match="no sentences"):
+        read_text(blank)
+
+
+def test_a_labelled_format_is_read_without_its_labels(tmp_path: Path) -> None:
+    path = write(tmp_path, "Le DET\nchat NOUN\n\nIl PRON\n")
+    sentences = read_tokens(path, format="conll")
+    assert [(s.tokens, s.tags) for s in sentences] == [(("Le", "chat"), ()), (("Il",), ())]

@@ -20,11 +20,12 @@ from structkd.pipeline.ensemble import TeacherKnowledge, mix, path_log_probs, te
 from structkd.pipeline.evaluate import predict_split_ensemble
 from structkd.pipeline.evaluation import predict_split
 from structkd.pipeline.export import ShardJob, export_shard, teacher_emissions
-from structkd.pipeline.export_teachers import knowledge_inputs, plan_export
+from structkd.pipeline.export_teachers import knowledge_inputs, knowledge_sources, plan_export
 from structkd.pipeline.labels import LabelSet
-from structkd.pipeline.layout import open_project
+from structkd.pipeline.layout import Layout, open_project
 from structkd.pipeline.losses import emission_kd, posterior_kd, structural_kd, topwk_kd
 from structkd.pipeline.models import Tagger, TaggerConfig, load_tagger
+from structkd.pipeline.params import parse_params
 from structkd.storage import ragged
 from structkd.storage.arrays import FeaturesArrays, KnowledgeArrays, PreparedArrays
 from structkd.storage.schemas import FeaturesMeta, KnowledgeMeta
@@ -133,6 +134,60 @@ def test_paths_are_the_most_probable_of_the_union_with_exact_probabilities(k: in
         if k == 100:  # k beyond every path: the union is every path, the mixture in full
             assert set(got) == set(probs)
             np.testing.assert_allclose(np.exp(mixed.kbest_scores[i]).sum(), 1.0)
+
+
+def test_several_teachers_on_one_text_mix_with_their_weights_shared_by_their_members(
+    tmp_path: Path,
+) -> None:
+    """Unlabeled text labelled by teachers ``en`` and ``de`` (ensembles of two), weights 3 : 1:
+    the members get 3/8, 3/8, 1/8, 1/8, and the mixture is exactly
+    ``3/4 · (p_en1 + p_en2)/2 + 1/4 · (p_de1 + p_de2)/2`` over every path (enumeration): its
+    paths with their probabilities, marginals and edge sums."""
+    raw = {"format": "conllu", "scheme": "none", "train": "a", "dev": "b", "test": "c"}
+    params = parse_params(
+        {
+            "data": {
+                "task": "upos",
+                "languages": {"en": raw, "de": raw},
+                "unlabeled": {"fr": {"path": "fr.txt", "teachers": {"en": 3, "de": 1}}},
+            },
+            "teacher": {"ensemble": 2},
+        }
+    )
+    (source,) = (s for s in knowledge_sources(params) if not s.own_teacher)
+    assert (source.name, source.teachers) == ("unlabeled/fr", {"en": 0.75, "de": 0.25})
+    members_weights = source.member_weights(Layout(tmp_path), params.teacher.seeds)
+    assert [(p.relative_to(tmp_path).as_posix(), w) for p, w in members_weights] == [
+        ("models/teachers/en", 0.375),
+        ("models/teachers/en/members/seed-2", 0.375),
+        ("models/teachers/de", 0.125),
+        ("models/teachers/de/members/seed-2", 0.125),
+    ]
+    parts = members(11, 4, k=100)
+    weights = np.array([w for _, w in members_weights])
+    mixed = mix(parts, LENGTHS, k=100, weights=weights)
+    offs = ragged.offsets(LENGTHS)
+    for i, n in enumerate(LENGTHS):
+        lo, hi = offs[i], offs[i + 1]
+        want = brute_mixture(parts, weights, i)
+        kept = mixed.kbest_tags[100 * lo : 100 * hi].reshape(100, n)[: mixed.k_valid[i]]
+        got = {
+            tuple(int(t) for t in row): float(np.exp(score))
+            for row, score in zip(kept, mixed.kbest_scores[i], strict=False)
+        }
+        assert got.keys() == want["probs"].keys()
+        np.testing.assert_allclose([got[p] for p in got], [want["probs"][p] for p in got])
+        np.testing.assert_allclose(np.exp(mixed.log_marginals[lo:hi]), want["marginals"])
+        np.testing.assert_allclose(mixed.edge_sums[i], want["edges"].sum(axis=0), atol=1e-12)
+    # the student's structural KD is the teachers' weighted cross-entropy, exactly
+    crf, emissions, mask = student(12)
+    unary = padded(np.exp(mixed.log_marginals))
+    got = float(structural_kd(crf, emissions, unary, torch.from_numpy(mixed.edge_sums), mask))
+    brute = 0.0
+    for i in range(len(LENGTHS)):
+        log_ps = student_log_probs(crf, emissions, i)
+        brute -= sum(q * log_ps[y] for y, q in brute_mixture(parts, weights, i)["probs"].items())
+    np.testing.assert_allclose(got, brute / len(LENGTHS), rtol=1e-10)
 
 
 def test_path_log_probs_match_enumeration() -> None:
@@ -306,6 +361,7 @@ def one_teacher_shard(job: ShardJob, out: Path) -> bytes:
         marginals_dtype=job.settings.marginals_dtype,
         emissions_dtype=job.settings.emissions_dtype,
         edge_marginals=True,
+        teachers=dict(job.teachers),
     )
     arrays = KnowledgeArrays(
         sent_id=prepared.sent_id,
@@ -328,8 +384,8 @@ def test_one_teacher_exports_the_bytes_it_always_did(project: Project, tmp_path:
     params, layout = open_project(project.params)
     for language in plan_export(params, layout):
         (job, *_) = language.jobs(language.names, params.export)
-        assert job.teacher_dirs == (str(layout.teacher(language.lang)),)
-        want = one_teacher_shard(job, tmp_path / language.lang / "part.parquet")
+        assert job.teacher_dirs == (str(layout.teacher(language.source.lang)),)
+        want = one_teacher_shard(job, tmp_path / language.source.name / "part.parquet")
         assert Path(job.output).read_bytes() == want
 
 
@@ -356,15 +412,16 @@ def test_an_ensemble_is_trained_exported_as_the_mixture_and_distilled(
     shard = layout.knowledge("en") / "part-00000.parquet"
     meta = KnowledgeMeta.from_metadata(shard_metadata(shard))
     mixed = KnowledgeArrays.from_table(read_shard(shard), k=meta.k, n_tags=meta.n_tags)
-    assert sorted(meta.digests) == sorted(knowledge_inputs(layout, "en", params.teacher.seeds))
+    (en,) = (p.source for p in plan_export(params, layout) if p.source.name == "en")
+    assert sorted(meta.digests) == sorted(knowledge_inputs(layout, en, params.teacher.seeds))
     assert (mixed.log_z == 0).all()
     alone = []
     for member in members:  # each member exported on its own
-        (job, *_) = next(p for p in plan_export(params, layout) if p.lang == "en").jobs(
+        (job, *_) = next(p for p in plan_export(params, layout) if p.source.name == "en").jobs(
             ["part-00000.parquet"], params.export
         )
         target = tmp_path / member.name / "part-00000.parquet"
-        export_shard(replace(job, teacher_dirs=(str(member),), output=str(target)))
+        export_shard(replace(job, teacher_dirs=(str(member),), weights=(1.0,), output=str(target)))
         m = KnowledgeMeta.from_metadata(shard_metadata(target))
         alone.append(KnowledgeArrays.from_table(read_shard(target), k=m.k, n_tags=m.n_tags))
     mean = (np.exp(alone[0].log_marginals) + np.exp(alone[1].log_marginals)) / 2

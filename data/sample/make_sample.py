@@ -12,7 +12,9 @@ i.e. evenly spread over the file (every genre and document of the treebank is re
   train = 600 sentences spread over the official dev file;
   300 sentences spread over the official test file, alternately dev (even j) and test (odd j),
   so the sample's dev/test come from the official test split and never overlap train.
-- zero-shot French: test = 200 sentences spread over the official test file.
+- zero-shot French: test = 200 sentences spread over the official test file; unlabeled.txt =
+  200 sentences spread over the official train file (never a sentence of the test file, none with
+  a word holding a space), its syntactic words only, one sentence per line, space-separated (``data.unlabeled`` text).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from structkd.pipeline.corpus import read_conllu, read_lines
 
 HERE = Path(__file__).resolve().parent
-TRAIN, EVAL, ZERO_SHOT_TEST = 600, 150, 200
+TRAIN, EVAL, ZERO_SHOT_TEST, UNLABELED = 600, 150, 200, 200
 CC_BY_SA = "CC BY-SA 4.0"
 CC_BY_SA_URL = "https://creativecommons.org/licenses/by-sa/4.0/legalcode"
 LGPL_LR_URL = "http://infolingu.univ-mlv.fr/DonneesLinguistiques/Lexiques-Grammaires/lgpllr.html"
@@ -88,6 +90,26 @@ def source_info(folder: Path) -> dict[str, str]:
     return info
 
 
+def unlabeled_text(train: Path, test: list[str]) -> str:
+    """``UNLABELED`` sentences spread over those of ``train`` that are not in ``test`` and have
+    no word with a space (``20 000``), as words only: one sentence per line, space-separated."""
+    seen = {s.tokens for s in read_conllu_text("\n".join(test))}
+    sentences = [
+        s.tokens
+        for s in read_conllu(train, column=None)
+        if s.tokens not in seen and not any(" " in word for word in s.tokens)
+    ]
+    return "".join(" ".join(words) + "\n" for words in spread(sentences, UNLABELED))
+
+
+def read_conllu_text(text: str) -> list:
+    """The sentences of CoNLL-U ``text`` (through a temporary file: the reader reads files)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "blocks.conllu"
+        path.write_text(text + "\n", encoding="utf-8")
+        return read_conllu(path, column=None)
+
+
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode("utf-8"))
@@ -102,6 +124,11 @@ def license_text(bank: Treebank, info: dict[str, str], source: Path) -> str:
         f"License: {bank.license}\n"
         "Changes: a selection of whole sentences, copied unchanged (see data/sample/README.md).\n"
     )
+    if bank.zero_shot:
+        header += (
+            "unlabeled.txt: the words only (annotation dropped) of a selection of sentences of\n"
+            "the official train file, one sentence per line (see data/sample/README.md).\n"
+        )
     if bank.license == CC_BY_SA:
         header += f"The selection is shared under the same license: {CC_BY_SA_URL}\n"
         body = (source / "ud" / "en" / "LICENSE.txt").read_text(encoding="utf-8")
@@ -123,6 +150,8 @@ def build(source: Path, out: Path) -> list[tuple[Treebank, dict[str, str], dict[
         test = blocks(folder / "test.conllu.gz")
         if bank.zero_shot:
             splits = {"test": spread(test, ZERO_SHOT_TEST)}
+            unlabeled = out / bank.lang / "unlabeled.txt"
+            write_text(unlabeled, unlabeled_text(folder / "train.conllu.gz", splits["test"]))
         else:
             picked = spread(test, 2 * EVAL)
             splits = {
@@ -159,6 +188,9 @@ def readme(made: list[tuple[Treebank, dict[str, str], dict[str, Path]]], out: Pa
             )
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             sums.append(f"| `{path.relative_to(out).as_posix()}` | `{digest}` |")
+    for path in sorted(out.glob("*/unlabeled.txt")):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        sums.append(f"| `{path.relative_to(out).as_posix()}` | `{digest}` |")
     all_tags = sorted(set().union(*tags_seen.values()))
     sources = "\n".join(
         f"| {b.lang} | {b.name} | {'zero-shot (test only)' if b.zero_shot else 'teacher'} | "
@@ -201,7 +233,11 @@ For a source file of `n` sentences and `k` wanted, take the sentences at 0-based
   - `train.conllu`: {TRAIN} sentences spread over the official **dev** file;
   - {2 * EVAL} sentences spread over the official **test** file, alternately to `dev.conllu`
     (even `j`) and `test.conllu` (odd `j`): {EVAL} each; no sentence is in two splits.
-- fr (zero-shot): `test.conllu`: {ZERO_SHOT_TEST} sentences spread over the official **test** file.
+- fr (zero-shot): `test.conllu`: {ZERO_SHOT_TEST} sentences spread over the official **test** file;
+  `unlabeled.txt` (the pipeline's `data.unlabeled` text, labels dropped): {UNLABELED} sentences
+  spread over the official **train** file (none of them in `test.conllu`; sentences with a word
+  holding a space, such as `20 000`, left out), their syntactic words
+  only, one sentence per line, separated by spaces. Same treebank, commit and license (LGPL-LR).
 
 ## Sizes
 

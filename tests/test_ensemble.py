@@ -385,7 +385,7 @@ def test_one_teacher_exports_the_bytes_it_always_did(project: Project, tmp_path:
     for language in plan_export(params, layout):
         if not language.source.own_teacher:  # unlabeled text: a mixture of teachers
             continue
-        (job, *_) = language.jobs(language.names, params.export)
+        (job, *_) = language.jobs(language.names, params.export, params.runtime)
         assert job.teacher_dirs == (str(layout.teacher(language.source.lang)),)
         want = one_teacher_shard(job, tmp_path / language.source.name / "part.parquet")
         assert Path(job.output).read_bytes() == want
@@ -420,7 +420,7 @@ def test_an_ensemble_is_trained_exported_as_the_mixture_and_distilled(
     alone = []
     for member in members:  # each member exported on its own
         (job, *_) = next(p for p in plan_export(params, layout) if p.source.name == "en").jobs(
-            ["part-00000.parquet"], params.export
+            ["part-00000.parquet"], params.export, params.runtime
         )
         target = tmp_path / member.name / "part-00000.parquet"
         export_shard(replace(job, teacher_dirs=(str(member),), weights=(1.0,), output=str(target)))

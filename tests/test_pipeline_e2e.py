@@ -429,7 +429,7 @@ def test_unlabeled_text_is_prepared_embedded_and_labelled_by_the_mixture(project
     mixed = KnowledgeArrays.from_table(read_shard(shard), k=meta.k, n_tags=meta.n_tags)
     params, layout = open_project(project.params)
     (source,) = (p for p in plan_export(params, layout) if p.source.name == f"unlabeled/{lang}")
-    (job, *_) = source.jobs(["part-00000.parquet"], params.export)
+    (job, *_) = source.jobs(["part-00000.parquet"], params.export, params.runtime)
     alone = {}
     for teacher, directory in zip(UNLABELED_TEACHERS, job.teacher_dirs, strict=True):
         target = root.parent / f"unlabeled-{teacher}.parquet"

@@ -327,7 +327,7 @@ def one_teacher_shard(job: ShardJob, out: Path) -> bytes:
 def test_one_teacher_exports_the_bytes_it_always_did(project: Project, tmp_path: Path) -> None:
     params, layout = open_project(project.params)
     for language in plan_export(params, layout):
-        (job, *_) = language.jobs(language.names, params.export)
+        (job, *_) = language.jobs(language.names, params.export, params.runtime)
         assert job.teacher_dirs == (str(layout.teacher(language.lang)),)
         want = one_teacher_shard(job, tmp_path / language.lang / "part.parquet")
         assert Path(job.output).read_bytes() == want
@@ -361,7 +361,7 @@ def test_an_ensemble_is_trained_exported_as_the_mixture_and_distilled(
     alone = []
     for member in members:  # each member exported on its own
         (job, *_) = next(p for p in plan_export(params, layout) if p.lang == "en").jobs(
-            ["part-00000.parquet"], params.export
+            ["part-00000.parquet"], params.export, params.runtime
         )
         target = tmp_path / member.name / "part-00000.parquet"
         export_shard(replace(job, teacher_dirs=(str(member),), output=str(target)))

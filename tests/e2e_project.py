@@ -112,6 +112,7 @@ def project_params(
             "temperature": 1.0,
             "shuffle_buffer": 50,
         },
+        "runtime": {"device": "cpu", "threads": 1},
     }
 
 

@@ -187,6 +187,7 @@ def test_non_utf8_file(project: Path) -> None:
 def test_non_utf8_unlabeled_text(project: Path) -> None:
     """Unlabeled text (one sentence per line) is read by prepare like every corpus."""
     text = project.parent / "corpora" / "fr" / "unlabeled.txt"
+    text.parent.mkdir(parents=True, exist_ok=True)
     text.write_bytes("Le chat dort .\n\nun caf\u00e9 .\n".encode("latin-1"))
     raw = yaml.safe_load(project.read_text("utf-8"))
     raw["data"]["unlabeled"] = {"fr": {"path": "corpora/fr/unlabeled.txt"}}

@@ -107,7 +107,6 @@ def objective(trust: dict[str, float] | None, unlabeled_weight: float = 0.5) -> 
     return StudentObjective(
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
         "posterior",
         cfg,
         trust_by_language=measured,

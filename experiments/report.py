@@ -60,6 +60,15 @@ SUPPLEMENTS = {
     "pilot-conll-layer12": "python experiments/run.py pilot-conll-layer12 --seeds 1 "
     "--methods baseline",
 }
+# Runs with unlabeled text of their zero-shot languages (issue 13), each sharing the teachers of
+# the run it names in ``experiment.teachers_of`` (its comparison without the text).
+UNLABELED_RUNS = {
+    "conll-de-unlabeled": "python experiments/run.py pilot-conll-layer8-ens3 conll-de-unlabeled "
+    "--seeds 1 2 3 --methods baseline posterior pos+topwk structural",
+}
+# What the cross-lingual NER literature gains over direct transfer with teacher soft labels on
+# unlabeled target-language text (F1, mBERT, CoNLL de/es/nl average; quoted by issue 13).
+ANCHORS = {"TSL (Wu et al. 2020)": 2.0, "UniTrans": 2.6, "AdvPicker": 2.95}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -273,6 +282,55 @@ def kd_effects(task: str, result: dict, langs: list[str], zero: list[str]) -> li
     return lines
 
 
+def unlabeled_comparison(runs: dict[str, dict]) -> list[str]:
+    """Each KD method trained with and without the zero-shot languages' unlabeled text, paired
+    by seed: the run with the text against the run whose teachers it shares (``teachers_of``)."""
+    lines = [
+        "## Zero-shot with unlabeled text",
+        "",
+        "Each KD student with the zero-shot languages' unlabeled text (labelled by the exact "
+        "mixture of the teachers) against the same student without it (same teachers, seed and "
+        "settings), and against the baseline of the same seed, mean ± std over seeds (points). "
+        "The baseline ignores unlabeled text.",
+        "",
+        "| run | method | 0-shot avg without | 0-shot avg with | with − without | "
+        "with − baseline (0-shot) | with − baseline (teacher langs) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in runs.items():
+        owner = collect(result["meta"].get("teachers_of", ""))
+        if owner is None:
+            continue
+        seeds = sorted(set(result["runs"]) & set(owner["runs"]))
+        with_, without = result["runs"], owner["runs"]
+        base = [with_[s]["baseline"]["zero_shot_avg"] for s in seeds if "baseline" in with_[s]]
+        lines.append(f"| {name} | Baseline | {cell(base)} | {cell(base)} | – | – | – |")
+        for method in DISTILLED:
+            both = [s for s in seeds if method in with_[s] and method in without[s]]
+            if not both:
+                continue
+            zero = [with_[s][method]["zero_shot_avg"] for s in both]
+            zero_without = [without[s][method]["zero_shot_avg"] for s in both]
+            gain = [z - w for z, w in zip(zero, zero_without, strict=True)]
+            over = paired({s: with_[s] for s in both}, method, "zero_shot_avg")
+            own = paired({s: with_[s] for s in both}, method, "avg")
+            lines.append(
+                f"| {name} | {LABELS[method]} | {cell(zero_without)} | {cell(zero)} | "
+                f"{cell(gain, signed=True)} | {cell(over, signed=True)} | "
+                f"{cell(own, signed=True)} |"
+            )
+    anchors = ", ".join(f"{who} {gain:+.2f}" for who, gain in ANCHORS.items())
+    lines += [
+        "",
+        "The anchors, over direct transfer with soft labels on unlabeled target text (F1, "
+        f"fine-tuned mBERT, averaged over CoNLL de/es/nl): {anchors}. Goal: the best KD student "
+        "with unlabeled text ≥ 2 points over the baseline on the zero-shot average, without "
+        "losing on the teacher languages.",
+        "",
+    ]
+    return lines
+
+
 def write_curves(folder: Path, path: Path, metric: str) -> None:
     """Dev score per epoch: each student method (mean over seeds) beside the teachers."""
     import csv
@@ -470,6 +528,12 @@ def report(out_dir: Path = ROOT / "reports") -> Path:
             continue
         command = f"python experiments/run.py {task} --seeds 1 2 3"
         lines += render(task, result, command, figures)
+    unlabeled = {name: collect(name) for name in UNLABELED_RUNS}
+    unlabeled = {name: result for name, result in unlabeled.items() if result is not None}
+    if unlabeled:
+        lines += unlabeled_comparison(unlabeled)
+        for name, result in unlabeled.items():
+            lines += render(name, result, UNLABELED_RUNS[name], figures)
     if any(supplements.values()):
         lines += ["# Supplements", ""]
     for name, result in supplements.items():

@@ -63,6 +63,8 @@ def absolute_params(task: str) -> tuple[dict, dict]:
             for split in ("train", "dev", "test"):
                 if split in spec:
                     spec[split] = str((HERE / spec[split]).resolve())
+    for text in params["data"].get("unlabeled", {}).values():
+        text["path"] = str((HERE / text["path"]).resolve())
     return params, experiment
 
 
@@ -92,18 +94,20 @@ def code_digest() -> str:
 
 def teacher_params(params: dict) -> dict:
     """The params a teacher's training reads: the teachers' corpora and labels, shards, features
-    and its own section (zero-shot languages and the student's settings do not change it)."""
-    data = {k: v for k, v in params["data"].items() if k != "zero_shot"}
+    and its own section (zero-shot languages, unlabeled text and the student's settings do not
+    change it)."""
+    data = {k: v for k, v in params["data"].items() if k not in ("zero_shot", "unlabeled")}
     return {"data": data, **{s: params.get(s, {}) for s in ("prepare", "embed", "teacher")}}
 
 
 def student_params(params: dict, method: str, teachers: dict[str, dict]) -> dict:
-    """The params a student reads: its corpora, shards and features, its teachers (by their
-    fingerprints), the export and its own section except ``methods`` (which students to run,
-    not how one trains)."""
+    """The params a student reads: its corpora (unlabeled text included), shards and features,
+    its teachers (by their fingerprints), the export and its own section except ``methods``
+    (which students to run, not how one trains)."""
     student = {k: v for k, v in params["student"].items() if k != "methods"}
     return {
         **teacher_params(params),
+        "unlabeled": params["data"].get("unlabeled", {}),
         "teacher": teachers,
         "export": params.get("export", {}),
         "student": student,
@@ -274,10 +278,13 @@ SHARED_SECTIONS = ("data", "prepare", "embed", "teacher", "export")
 
 def link_base(task: str, owner: str, params: dict) -> None:
     """Make ``runs/<task>/base`` a link to ``runs/<owner>/base`` once the two params files are
-    shown to agree on what the base computes (else the shared teachers would be the wrong ones)."""
+    shown to agree on what the base computes (else the shared teachers would be the wrong ones).
+
+    ``data.unlabeled`` may differ: unlabeled text only adds its own split and knowledge to the
+    base (content-keyed), and changes no teacher and no other knowledge."""
     theirs, _ = absolute_params(owner)
     for section in SHARED_SECTIONS:
-        if params.get(section) != theirs.get(section):
+        if without_unlabeled(params, section) != without_unlabeled(theirs, section):
             raise SystemExit(
                 f"experiments/{task}.yaml: teachers_of {owner}, but its {section} "
                 f"section differs from experiments/{owner}.yaml's"
@@ -289,10 +296,18 @@ def link_base(task: str, owner: str, params: dict) -> None:
         os.symlink(target, base)
 
 
+def without_unlabeled(params: dict, section: str) -> dict | None:
+    """``params[section]``, without ``unlabeled`` when it is ``data``."""
+    value = params.get(section)
+    if section == "data" and value is not None:
+        return {k: v for k, v in value.items() if k != "unlabeled"}
+    return value
+
+
 def prepare_and_embed(project: Path, task_dir: Path, log: Path, timed_as: str = "") -> None:
-    """Prepare (once) and embed (served from its cache when done) the project's corpora."""
-    if not (project / "data" / "prepared" / "labels.json").exists():
-        record_time(task_dir, f"prepare{timed_as}", stage(project, "prepare", log=log))
+    """Prepare (seconds; the same corpora give the same shards) and embed (served from its
+    cache for every split whose shards did not change) the project's corpora."""
+    record_time(task_dir, f"prepare{timed_as}", stage(project, "prepare", log=log))
     record_time(task_dir, f"embed{timed_as}", stage(project, "embed", log=log))
 
 
@@ -333,6 +348,9 @@ def sync(name: str) -> None:
     described = source / "description.txt"
     description = described.read_text().strip() if described.exists() else open_comment(name)
     meta = {"description": description, "sizes": sizes(source / "base")}
+    if (HERE / f"{name}.yaml").exists():
+        _, experiment = absolute_params(name)
+        meta.update({k: v for k, v in experiment.items() if k == "teachers_of"})
     (target / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.copyfile(source / "timings.json", target / "timings.json")
     if (source / "grid.json").exists():
@@ -362,7 +380,7 @@ def sizes(base: Path) -> dict[str, dict[str, int]]:
     return {
         lang.name: {
             split.name: sum(pq.read_metadata(f).num_rows for f in split.glob("part-*.parquet"))
-            for split in (lang / name for name in ("train", "dev", "test"))
+            for split in (lang / name for name in ("train", "dev", "test", "unlabeled"))
             if split.is_dir()
         }
         for lang in sorted(p for p in prepared.iterdir() if p.is_dir())

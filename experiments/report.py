@@ -297,12 +297,25 @@ def unlabeled_comparison(runs: dict[str, dict]) -> list[str]:
         "with − baseline (0-shot) | with − baseline (teacher langs) |",
         "|---|---|---|---|---|---|---|",
     ]
+    same_baseline = []
     for name, result in runs.items():
-        owner = collect(result["meta"].get("teachers_of", ""))
+        owner_name = result["meta"].get("teachers_of", "")
+        owner = collect(owner_name)
         if owner is None:
             continue
         seeds = sorted(set(result["runs"]) & set(owner["runs"]))
         with_, without = result["runs"], owner["runs"]
+        drift = [
+            abs(with_[s]["baseline"][c] - without[s]["baseline"][c])
+            for s in seeds
+            if "baseline" in with_[s] and "baseline" in without[s]
+            for c in with_[s]["baseline"]
+        ]
+        if drift:
+            same_baseline.append(
+                f"{name}'s baseline differs from {owner_name}'s by at most {max(drift):.2f} "
+                f"points over {plural(len(seeds), 'seed')}"
+            )
         base = [with_[s]["baseline"]["zero_shot_avg"] for s in seeds if "baseline" in with_[s]]
         lines.append(f"| {name} | Baseline | {cell(base)} | {cell(base)} | – | – | – |")
         for method in DISTILLED:
@@ -326,6 +339,10 @@ def unlabeled_comparison(runs: dict[str, dict]) -> list[str]:
         f"fine-tuned mBERT, averaged over CoNLL de/es/nl): {anchors}. Goal: the best KD student "
         "with unlabeled text ≥ 2 points over the baseline on the zero-shot average, without "
         "losing on the teacher languages.",
+        "",
+        "The runs without the text are the runs whose teachers these share; the baseline "
+        "reads no unlabeled text, so it must agree between the two (a difference means the "
+        "code changed between them): " + "; ".join(same_baseline) + ".",
         "",
     ]
     return lines

@@ -342,7 +342,7 @@ def sync(name: str) -> None:
     checkout without the models and features in ``runs/``.
     """
     source, target = RUNS / name, RESULTS / name
-    if not (source / "base" / "params.yaml").exists():
+    if not (source / "timings.json").exists():  # nothing ran here (a base others link to)
         return
     target.mkdir(parents=True, exist_ok=True)
     described = source / "description.txt"

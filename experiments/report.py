@@ -60,11 +60,15 @@ SUPPLEMENTS = {
     "pilot-conll-layer12": "python experiments/run.py pilot-conll-layer12 --seeds 1 "
     "--methods baseline",
 }
-# Runs with unlabeled text of their zero-shot languages (issue 13), each sharing the teachers of
-# the run it names in ``experiment.teachers_of`` (its comparison without the text).
+# Runs with unlabeled text of their zero-shot languages (issue 13) and the runs without it that
+# ``experiment.compare_with`` sets them against (same teachers, knowledge and seeds).
+_ZERO_SHOT = "--seeds 1 2 3 --methods baseline posterior pos+topwk structural"
 UNLABELED_RUNS = {
-    "conll-de-unlabeled": "python experiments/run.py pilot-conll-layer8-ens3 conll-de-unlabeled "
-    "--seeds 1 2 3 --methods baseline posterior pos+topwk structural",
+    "conll-de-unlabeled": f"python experiments/run.py conll-de-unlabeled {_ZERO_SHOT}",
+    "udpos-unlabeled": f"python experiments/run.py udpos-unlabeled {_ZERO_SHOT}",
+    "udpos-unlabeled-off": f"python experiments/run.py udpos-unlabeled-off {_ZERO_SHOT}",
+    "wikiann-unlabeled": f"python experiments/run.py wikiann-unlabeled {_ZERO_SHOT}",
+    "wikiann-unlabeled-off": f"python experiments/run.py wikiann-unlabeled-off {_ZERO_SHOT}",
 }
 # What the cross-lingual NER literature gains over direct transfer with teacher soft labels on
 # unlabeled target-language text (F1, mBERT, CoNLL de/es/nl average; quoted by issue 13).
@@ -284,7 +288,8 @@ def kd_effects(task: str, result: dict, langs: list[str], zero: list[str]) -> li
 
 def unlabeled_comparison(runs: dict[str, dict]) -> list[str]:
     """Each KD method trained with and without the zero-shot languages' unlabeled text, paired
-    by seed: the run with the text against the run whose teachers it shares (``teachers_of``)."""
+    by seed: the run with the text against the run it names in ``compare_with`` (the same
+    teachers, knowledge and seeds)."""
     lines = [
         "## Zero-shot with unlabeled text",
         "",
@@ -299,8 +304,8 @@ def unlabeled_comparison(runs: dict[str, dict]) -> list[str]:
     ]
     same_baseline = []
     for name, result in runs.items():
-        owner_name = result["meta"].get("teachers_of", "")
-        owner = collect(owner_name)
+        owner_name = result["meta"].get("compare_with")
+        owner = collect(owner_name) if owner_name else None
         if owner is None:
             continue
         seeds = sorted(set(result["runs"]) & set(owner["runs"]))
@@ -340,7 +345,7 @@ def unlabeled_comparison(runs: dict[str, dict]) -> list[str]:
         "with unlabeled text ≥ 2 points over the baseline on the zero-shot average, without "
         "losing on the teacher languages.",
         "",
-        "The runs without the text are the runs whose teachers these share; the baseline "
+        "The runs without the text share these runs' teachers and knowledge; the baseline "
         "reads no unlabeled text, so it must agree between the two (a difference means the "
         "code changed between them): " + "; ".join(same_baseline) + ".",
         "",

@@ -20,7 +20,9 @@ per language (the teacher-quality ablation, ``experiments/conll-strong.yaml``);
 variants (another K, trust on) reuse NAME's features, teachers and knowledge; the two files must
 then agree on every section the base reads (data, prepare, embed, teacher, export);
 ``grid: {KEY: [values], ...}`` (student keys) chooses each KD method's setting on dev with the
-first seed (``choose_on_dev``), and every seed then trains each method with its chosen setting.
+first seed (``choose_on_dev``), and every seed then trains each method with its chosen setting;
+``compare_with: NAME`` names the run the report sets this one against (a run with unlabeled text
+against the same students without it).
 
 Finished seeds are copied into the committed ``experiments/results/<task>`` (metrics, learning
 curves, sizes, wall times) and ``reports/results.md`` is built from there alone by
@@ -350,7 +352,7 @@ def sync(name: str) -> None:
     meta = {"description": description, "sizes": sizes(source / "base")}
     if (HERE / f"{name}.yaml").exists():
         _, experiment = absolute_params(name)
-        meta.update({k: v for k, v in experiment.items() if k == "teachers_of"})
+        meta.update({k: v for k, v in experiment.items() if k in ("teachers_of", "compare_with")})
     (target / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.copyfile(source / "timings.json", target / "timings.json")
     if (source / "grid.json").exists():

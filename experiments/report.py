@@ -353,6 +353,34 @@ def unlabeled_comparison(runs: dict[str, dict]) -> list[str]:
     return lines
 
 
+def labeller_table(runs: dict[str, dict]) -> list[str]:
+    """Who is the better tagger of the unlabeled text itself: the teachers' mixture that labels
+    it, or the students (``labeller.json`` of :mod:`labeller`, the text's own gold labels)."""
+    found = {
+        (name, lang): scored
+        for name, result in runs.items()
+        if (result["folder"] / "labeller.json").exists()
+        for lang, scored in json.loads((result["folder"] / "labeller.json").read_text()).items()
+    }
+    if not found:
+        return []
+    models = ["teachers' mixture", *(m for m in METHODS if any(m in s for s in found.values()))]
+    return [
+        "Scored on the unlabeled text's own gold labels (`python experiments/labeller.py RUN`; "
+        "the text is a labelled corpus read without its labels): the teachers' mixture that "
+        "labels it (its best path) and each student, mean ± std over seeds. The students "
+        "of these runs trained on the text without its labels; the baseline never saw it.",
+        "",
+        "| run | language | " + " | ".join(LABELS.get(m, m) for m in models) + " |",
+        "|---" * (len(models) + 2) + "|",
+        *(
+            f"| {name} | {lang} | " + " | ".join(cell(scored.get(m)) for m in models) + " |"
+            for (name, lang), scored in found.items()
+        ),
+        "",
+    ]
+
+
 def write_curves(folder: Path, path: Path, metric: str) -> None:
     """Dev score per epoch: each student method (mean over seeds) beside the teachers."""
     import csv
@@ -554,6 +582,7 @@ def report(out_dir: Path = ROOT / "reports") -> Path:
     unlabeled = {name: result for name, result in unlabeled.items() if result is not None}
     if unlabeled:
         lines += unlabeled_comparison(unlabeled)
+        lines += labeller_table(unlabeled)
         for name, result in unlabeled.items():
             lines += render(name, result, UNLABELED_RUNS[name], figures)
     if any(supplements.values()):

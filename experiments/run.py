@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import yaml
@@ -349,10 +350,10 @@ def sync(name: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
     described = source / "description.txt"
     description = described.read_text().strip() if described.exists() else open_comment(name)
-    meta = {"description": description, "sizes": sizes(source / "base")}
-    if (HERE / f"{name}.yaml").exists():
-        _, experiment = absolute_params(name)
-        meta.update({k: v for k, v in experiment.items() if k in ("teachers_of", "compare_with")})
+    params, experiment = absolute_params(name) if (HERE / f"{name}.yaml").exists() else ({}, {})
+    texts = params.get("data", {}).get("unlabeled", {})
+    meta = {"description": description, "sizes": sizes(source / "base", texts)}
+    meta.update({k: v for k, v in experiment.items() if k in ("teachers_of", "compare_with")})
     (target / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.copyfile(source / "timings.json", target / "timings.json")
     if (source / "grid.json").exists():
@@ -374,8 +375,10 @@ def copy_to(source: Path, target: Path) -> None:
     shutil.copyfile(source, target)
 
 
-def sizes(base: Path) -> dict[str, dict[str, int]]:
-    """Sentences per language and split, read from the prepared shards' footers."""
+def sizes(base: Path, texts: Collection[str] = ()) -> dict[str, dict[str, int]]:
+    """Sentences per language and split, read from the prepared shards' footers; the
+    ``unlabeled`` split only of the languages in ``texts`` (the run's ``data.unlabeled``: a
+    shared base may hold another run's text)."""
     import pyarrow.parquet as pq
 
     prepared = base / "data" / "prepared"
@@ -383,7 +386,7 @@ def sizes(base: Path) -> dict[str, dict[str, int]]:
         lang.name: {
             split.name: sum(pq.read_metadata(f).num_rows for f in split.glob("part-*.parquet"))
             for split in (lang / name for name in ("train", "dev", "test", "unlabeled"))
-            if split.is_dir()
+            if split.is_dir() and (split.name != "unlabeled" or lang.name in texts)
         }
         for lang in sorted(p for p in prepared.iterdir() if p.is_dir())
     }

@@ -8,7 +8,8 @@ every stage is skipped or served from the content-keyed caches when already done
 ``runs/<task>/seed-<S>`` whose params differ only in ``student.seed`` and whose data, features,
 knowledge and teachers are links to the base, so teachers run once for all seeds. Every
 teacher and student is keyed by its fingerprint (the params it reads and a digest of the code),
-stored as ``fingerprint.json`` beside its ``metrics.json``: a finished run with the same
+stored as ``.<name>.fingerprint.json`` beside its model directory (not in it: a stage swaps
+in the finished directory whole): a finished run with the same
 fingerprint is skipped, an interrupted one is resumed, and one whose params or code changed is
 trained again from scratch. Every stage is the real ``structkd stage`` command, as a user would
 run it.
@@ -50,7 +51,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RUNS = HERE / "runs"
 CODE = ("pipeline", "storage", "stages", "structkd")
-FINGERPRINT = "fingerprint.json"
 sys.path.insert(0, str(HERE))
 
 from report import METHODS, RESULTS, TASKS, report  # noqa: E402
@@ -138,7 +138,7 @@ def train(
     old metrics go and the run starts over, its fingerprint written first so that an
     interruption resumes it.
     """
-    stored = out / FINGERPRINT
+    stored = fingerprint_path(out)
     same = stored.exists() and json.loads(stored.read_text()) == key
     if same and (out / "metrics.json").exists():
         return None
@@ -147,6 +147,12 @@ def train(
         (out / "metrics.json").unlink(missing_ok=True)
         stored.write_text(json.dumps(key, indent=1) + "\n")
     return stage(project, *args, *(("--resume",) if same else ()), log=log, params=params)
+
+
+def fingerprint_path(out: Path) -> Path:
+    """Where the fingerprint of the run in ``out`` is kept: beside it, since the stage replaces
+    ``out`` as a whole when it finishes (a file inside would be gone)."""
+    return out.with_name(f".{out.name}.fingerprint.json")
 
 
 def record_time(task_dir: Path, name: str, seconds: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -48,3 +49,33 @@ def test_a_shared_base_may_differ_only_in_unlabeled_text(
     other = {**params, "teacher": {**params["teacher"], "ensemble": 1}}
     with pytest.raises(SystemExit, match="teacher section differs"):
         run.link_base("conll-de-unlabeled", experiment["teachers_of"], other)
+
+
+def test_a_finished_run_is_skipped_after_its_stage_swapped_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage replaces the model directory whole when it finishes; the fingerprint must
+    survive that, or every rerun would train again."""
+    run = load_runner()
+    calls: list[tuple[str, ...]] = []
+
+    def finish(project: Path, *args: str, log: Path, params: str = "params.yaml") -> float:
+        calls.append(args)
+        out = project / "models" / "students" / "posterior"
+        staged = out.with_name(".posterior.staged.tmp")
+        staged.mkdir(parents=True)
+        (staged / "metrics.json").write_text("{}")
+        shutil.rmtree(out, ignore_errors=True)
+        staged.rename(out)
+        return 1.0
+
+    monkeypatch.setattr(run, "stage", finish)
+    out = tmp_path / "models" / "students" / "posterior"
+    key = run.fingerprint({"student": {"seed": 1}})
+    log = tmp_path / "log.txt"
+    args = ("train-student", "posterior")
+    assert run.train(tmp_path, out, key, args, log) == 1.0
+    assert run.train(tmp_path, out, key, args, log) is None  # finished, same fingerprint
+    other = run.fingerprint({"student": {"seed": 2}})
+    assert run.train(tmp_path, out, other, args, log) == 1.0  # another fingerprint: again
+    assert calls == [args, args]

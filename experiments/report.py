@@ -49,7 +49,7 @@ SUPPLEMENTS = {
     "--methods baseline",
     "pilot-conll-layer8": "python experiments/run.py pilot-conll-layer8 --seeds 1 "
     "--methods baseline",
-    "pilot-conll-layer8-ens3": "python experiments/run.py pilot-conll-layer8-ens3 --seeds 1 "
+    "pilot-conll-layer8-ens3": "python experiments/run.py pilot-conll-layer8-ens3 --seeds 1 2 3 "
     "--methods baseline topk posterior pos+topwk structural",
     "pilot-conll-layer8-ens3-trust": "python experiments/run.py pilot-conll-layer8-ens3-trust "
     "--seeds 1 --methods baseline topk posterior pos+topwk structural",

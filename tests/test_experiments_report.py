@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
+
+from experiment_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_reporter() -> ModuleType:
-    path = REPO / "experiments" / "report.py"
-    spec = importlib.util.spec_from_file_location("experiments_report", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("report")
 
 
 def test_report_is_rebuilt_from_committed_results(tmp_path: Path) -> None:

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from experiment_scripts import load_script
 
 
 def load_runner() -> ModuleType:
-    sys.path.insert(0, str(REPO / "experiments"))
-    path = REPO / "experiments" / "run.py"
-    spec = importlib.util.spec_from_file_location("experiments_run", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run")
 
 
 def test_unlabeled_text_changes_the_students_key_not_the_teachers() -> None:

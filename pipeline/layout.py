@@ -41,12 +41,8 @@ class Layout:
         return self.root / "models" / "teachers" / lang
 
     def teacher_members(self, lang: str, seeds: Sequence[int]) -> list[Path]:
-        """Every member of ``lang``'s teacher ensemble: the first in :meth:`teacher`, the others
-        in its ``members/seed-<s>/`` (so a single teacher keeps the one-teacher layout)."""
-        return [
-            self.teacher(lang),
-            *(self.teacher(lang) / "members" / f"seed-{s}" for s in seeds[1:]),
-        ]
+        """Every member of ``lang``'s teacher ensemble (:func:`member_folders`)."""
+        return member_folders(self.teacher(lang), seeds)
 
     def knowledge(self, lang: str) -> Path:
         return self.root / "knowledge" / lang
@@ -72,3 +68,9 @@ def open_project(params_path: Path) -> tuple[Params, Layout]:
     """Load params.yaml and the layout rooted at its folder."""
     params = load_params(params_path)
     return params, Layout(params_path.resolve().parent)
+
+
+def member_folders(folder: Path, seeds: Sequence[int]) -> list[Path]:
+    """An ensemble's folders: the first member in ``folder``, the others in its
+    ``members/seed-<s>/`` (so a single teacher keeps the one-teacher layout)."""
+    return [folder, *(folder / "members" / f"seed-{s}" for s in seeds[1:])]

@@ -7,6 +7,7 @@ an ensemble (``teacher.ensemble`` > 1), every further member in ``members/seed-<
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -18,13 +19,14 @@ from structkd.pipeline.data import Batch, Split, iterate
 from structkd.pipeline.embed import features_encoder
 from structkd.pipeline.evaluation import load_splits
 from structkd.pipeline.labels import LabelSet
-from structkd.pipeline.layout import Layout
+from structkd.pipeline.layout import Layout, member_folders
 from structkd.pipeline.metrics import headline
 from structkd.pipeline.models import Tagger, TaggerConfig, build_vocabularies
 from structkd.pipeline.params import Params, TeacherParams
 from structkd.pipeline.predictor import encoder_settings
 from structkd.pipeline.runtime import setup
-from structkd.pipeline.training import run_fingerprint, train_tagger
+from structkd.pipeline.training import CHECKPOINT, run_fingerprint, train_tagger
+from structkd.storage.io import replace_dir, staging_dir
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,17 @@ def run(
         char_hidden=cfg.char_hidden,
         extra=encoder_settings(params.embed, features_encoder(layout, lang)),  # for `predict`
     )
-    members = layout.teacher_members(lang, cfg.seeds)
+    # every member trains inside one staging tree that replaces the teacher's folder as a whole
+    # once all are done: a kill at any point leaves the old complete ensemble; ``resume`` keeps
+    # the members the tree holds and continues the others from the old ensemble's
+    final = layout.teacher(lang)
+    tree = staging_dir(final)
+    if not (resume and (tree / CHECKPOINT).exists()):
+        shutil.rmtree(tree, ignore_errors=True)
+    members = member_folders(tree, cfg.seeds)
+    old_members = member_folders(final, cfg.seeds)
     lines, scores = [], []
-    for seed, out in zip(cfg.seeds, members, strict=True):
+    for seed, out, old in zip(cfg.seeds, members, old_members, strict=True):
         member = replace(cfg, seed=seed)
         torch.manual_seed(seed)
         model = Tagger(config, labels).to(device)  # initialised on CPU: same on every device
@@ -103,12 +113,13 @@ def run(
             fingerprint=run_fingerprint(member, labels.digest(), len(train)),
             resume=resume,
             desc=desc,
-            # the first member's folder holds the others': a dvc out, even for a single teacher
-            subdirs=("members",) if out == members[0] else (),
+            finished=out if (out / CHECKPOINT).exists() else old,
         )
         assert metrics is not None  # one process: always the main one
         scores.append((headline(metrics["dev"]), headline(metrics["test"])))
         lines.append(f"{desc}: dev {scores[-1][0]:.2f} test {scores[-1][1]:.2f}")
+    (tree / "members").mkdir(exist_ok=True)  # a dvc out, even for a single teacher
+    replace_dir(tree, final)
     if len(members) > 1:
         dev_mean, test_mean = (sum(s) / len(s) for s in zip(*scores, strict=True))
         lines.append(f"teacher {lang} members' mean: dev {dev_mean:.2f} test {test_mean:.2f}")

@@ -20,7 +20,7 @@ import json
 import pickle
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -278,7 +278,7 @@ def train_tagger(
     loss: Callable[[Any, int], torch.Tensor] | None = None,
     join: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     main_process: bool = True,
-    subdirs: Sequence[str] = (),
+    finished: Path | None = None,
 ) -> dict[str, Any] | None:
     """Fit ``model`` (selected on the micro dev score), reload the best, score dev and test.
 
@@ -286,18 +286,19 @@ def train_tagger(
     test split stops the run before it starts). Training happens in the hidden
     :func:`staging_dir` of ``out`` (model, checkpoint, history, then metrics.json), which
     replaces ``out`` as a whole only when the run finished: an interrupted run leaves the old
-    model directory as it was (and its own work for ``resume``). ``subdirs`` are folders the
-    finished ``out`` holds even when empty (a DVC out such as an ensemble's ``members``), made
-    in the staging directory so that they arrive with the swap. Returns the metrics (None on a
+    model directory as it was (and its own work for ``resume``). ``finished`` is the finished
+    model directory that ``resume`` continues when no interrupted run is staged (default
+    ``out``; a teacher ensemble's member trains in a staging tree, its old model elsewhere).
+    Returns the metrics (None on a
     non-main process, which leaves the process group and writes nothing). ``loss`` replaces
     ``objective.loss`` (its DistributedDataParallel wrapper, with ``join``); the best model is
     scored on ``model``'s device.
     """
-    work = staging_dir(out)
+    work, finished = staging_dir(out), finished or out
     # the checkpoint to resume: an interrupted run's, else the finished model's (more epochs)
-    resume_from = work / CHECKPOINT if (work / CHECKPOINT).exists() else out / CHECKPOINT
+    resume_from = work / CHECKPOINT if (work / CHECKPOINT).exists() else finished / CHECKPOINT
     if main_process:
-        _start_work(work, out, resume)
+        _start_work(work, finished, resume)
     fit(
         model,
         params=params,
@@ -321,19 +322,19 @@ def train_tagger(
     best = load_tagger(work).to(model.device)
     metrics = objective.summary(evaluate_splits(best, dev), evaluate_splits(best, test))
     write_json(metrics, work / "metrics.json")
-    for name in subdirs:
-        (work / name).mkdir(exist_ok=True)
     replace_dir(work, out)
     return metrics
 
 
 def _start_work(work: Path, out: Path, resume: bool) -> None:
-    """Prepare the staging directory: empty for a new run; for ``resume``, an interrupted run's
-    as it is when it has a checkpoint, else a copy of the finished model directory (its
-    checkpoint copied last, so a copy cut short has none and is redone)."""
+    """Prepare the staging directory ``work``: empty for a new run; for ``resume``, an
+    interrupted run's as it is when it has a checkpoint, else a copy of the finished model
+    directory ``out``, subfolders (an ensemble's members) with their checkpoints included, and
+    the top checkpoint copied last, so that a copy cut short has none and is redone."""
     if resume and (work / CHECKPOINT).exists():
         return
     shutil.rmtree(work, ignore_errors=True)
     if resume and (out / CHECKPOINT).exists():
-        shutil.copytree(out, work, ignore=shutil.ignore_patterns(CHECKPOINT))
+        top = str(out)
+        shutil.copytree(out, work, ignore=lambda d, _: [CHECKPOINT] if d == top else [])
         shutil.copy2(out / CHECKPOINT, work / CHECKPOINT)

@@ -200,44 +200,58 @@ def test_prepare_killed_at_each_phase(
     assert leftovers(data) == []
 
 
+# (teacher.ensemble, function to die at, its n-th call, before or after it, what is then left).
+# Each member trains 2 epochs (a checkpoint each) in its own staging folder inside the ensemble's
+# staging tree and is renamed into it when done (one rename per member); the tree then replaces
+# the old teacher folder (2 renames).
 TRAIN_PHASES = [
-    ("structkd.pipeline.training:_save_checkpoint", 2, "before", "old"),  # mid-training
-    ("structkd.pipeline.training:write_json", 1, "before", "old"),  # trained, not yet scored
-    ("pathlib:Path.rename", 2, "before", "none"),  # old moved aside, new not yet in
-    ("pathlib:Path.rename", 2, "after", "new"),  # new in, old not yet removed
+    (1, "structkd.pipeline.training:_save_checkpoint", 2, "before", "old"),  # mid-training
+    (1, "structkd.pipeline.training:write_json", 1, "before", "old"),  # trained, not yet scored
+    (1, "pathlib:Path.rename", 1, "after", "old"),  # in the staging tree, not swapped in
+    (1, "pathlib:Path.rename", 3, "before", "none"),  # old moved aside, new not yet in
+    (1, "pathlib:Path.rename", 3, "after", "new"),  # new in, old not yet removed
+    (2, "structkd.pipeline.training:_save_checkpoint", 4, "before", "old"),  # member 2 training
+    (2, "structkd.pipeline.training:write_json", 2, "before", "old"),  # member 2 not yet scored
+    (2, "pathlib:Path.rename", 2, "after", "old"),  # both members staged, not swapped in
+    (2, "pathlib:Path.rename", 4, "before", "none"),
+    (2, "pathlib:Path.rename", 4, "after", "new"),
 ]
+MODEL_FILES = {"metrics.json", "model.safetensors", "config.json", "checkpoint.pt"}
 
 
 @pytest.mark.parametrize(
-    ("target", "n", "when", "left"),
+    ("ensemble", "target", "n", "when", "left"),
     TRAIN_PHASES,
-    ids=[f"{t}#{n}-{w}" for t, n, w, _ in TRAIN_PHASES],
+    ids=[f"ensemble{e}-{t}#{n}-{w}" for e, t, n, w, _ in TRAIN_PHASES],
 )
 def test_teacher_retrain_killed_at_each_phase(
-    base: Path, tmp_path: Path, target: str, n: int, when: str, left: str
+    base: Path, tmp_path: Path, ensemble: int, target: str, n: int, when: str, left: str
 ) -> None:
-    """SIGKILL at each phase of retraining a teacher with another seed: its old model folder
-    (weights, metrics.json) stays as it was, or is absent, or is the complete new model; never
-    new weights beside old metrics. ``--resume`` then finishes the interrupted run."""
+    """SIGKILL at each phase of retraining a teacher (a single one, or an ensemble of 2) with
+    another seed: its old model folder (weights, metrics.json, members) stays as it was, or is
+    absent, or is the complete new one; never new weights beside old metrics, nor a new first
+    member without the others. ``--resume`` then finishes the interrupted run."""
     params = copy_project(base, tmp_path / "project")
     teacher = params.parent / "models" / "teachers" / "en"
     before = snapshot(teacher)
     raw = yaml.safe_load(params.read_text("utf-8"))
-    raw["teacher"]["seed"] = 4
+    raw["teacher"].update(seed=4, ensemble=ensemble)
     write_params(params, raw)
     run_killed(params, target, n, when, "stage", "train-teacher", "en")
     check_left(teacher, before, left, tmp_path / "left")
 
     output = cli(params, "stage", "train-teacher", "en", "--resume")
     if target.endswith("_save_checkpoint"):
-        assert "teacher en: resuming after epoch 0" in output
-    assert {"metrics.json", "model.safetensors", "config.json", "checkpoint.pt"} <= {
-        p.name for p in teacher.iterdir()
-    }
-    assert torch.load(teacher / "checkpoint.pt", weights_only=False)["epoch"] == 1
+        assert "resuming after epoch 0" in output
+    members = [teacher, *(teacher / "members" / f"seed-{s}" for s in range(5, 4 + ensemble))]
+    assert sorted(p.name for p in (teacher / "members").iterdir()) == [p.name for p in members[1:]]
+    for member in members:
+        assert {p.name for p in member.iterdir()} >= MODEL_FILES
+        assert torch.load(member / "checkpoint.pt", weights_only=False)["epoch"] == 1
     if left == "new":
         assert same_tree(tmp_path / "left", teacher)
     assert leftovers(teacher.parent) == []
+    assert leftovers(teacher / "members") == []
 
 
 def test_two_exports_into_one_cache_at_once(base: Path, tmp_path: Path) -> None:

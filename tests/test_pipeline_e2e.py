@@ -47,7 +47,6 @@ from structkd.pipeline.export import export_shard
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.models import load_tagger
 from structkd.pipeline.predictor import Predictor
-from structkd.storage.io import staging_dir
 from structkd.storage.manifest import verify
 from structkd.storage.shards import read_shard
 
@@ -278,8 +277,9 @@ def test_resume_ends_with_the_same_weights(
         interrupt_before_checkpoint(patch, epoch=1)
         result = CliRunner().invoke(app, ["stage", *stage, "--params", str(params)])
     assert result.exit_code == 130  # 128 + SIGINT: interrupted, as by Ctrl-C
-    # the interrupted run's work is in the staging folder; the model folder is untouched
-    assert torch.load(staging_dir(out_dir) / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    # the interrupted run's work is in a hidden staging folder; the model folder is untouched
+    (work,) = out_dir.parent.glob(".*.tmp/checkpoint.pt")
+    assert torch.load(work, weights_only=False)["epoch"] == 0
     assert list(out_dir.iterdir()) == []
     out = cli("stage", *stage, "--params", str(params), "--resume")
     assert "resuming after epoch 0" in out

@@ -2,7 +2,8 @@
 
 Reads ``data/prepared/<lang>`` and ``data/features/<lang>``; writes ``models/teachers/<lang>/``
 (config.json, model.safetensors, labels.json, checkpoint.pt, history.csv, metrics.json) and, for
-an ensemble (``teacher.ensemble`` > 1), every further member in ``members/seed-<s>/``.
+an ensemble (``teacher.ensemble`` > 1), every further member in ``members/seed-<s>/``. The
+folder is replaced as a whole once every member has trained.
 """
 
 from __future__ import annotations

@@ -289,10 +289,9 @@ def train_tagger(
     model directory as it was (and its own work for ``resume``). ``finished`` is the finished
     model directory that ``resume`` continues when no interrupted run is staged (default
     ``out``; a teacher ensemble's member trains in a staging tree, its old model elsewhere).
-    Returns the metrics (None on a
-    non-main process, which leaves the process group and writes nothing). ``loss`` replaces
-    ``objective.loss`` (its DistributedDataParallel wrapper, with ``join``); the best model is
-    scored on ``model``'s device.
+    Returns the metrics (None on a non-main process, which leaves the process group and writes
+    nothing). ``loss`` replaces ``objective.loss`` (its DistributedDataParallel wrapper, with
+    ``join``); the best model is scored on ``model``'s device.
     """
     work, finished = staging_dir(out), finished or out
     # the checkpoint to resume: an interrupted run's, else the finished model's (more epochs)

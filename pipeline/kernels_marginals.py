@@ -29,9 +29,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-# Reassociation/contraction let LLVM vectorise the mat-vecs; no "nnan"/"ninf": -inf marks
-# forbidden entries and NaN is the fast path's "redo in log space" signal.
-FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+# Contraction lets LLVM fuse the mat-vecs' multiply-adds. No "reassoc": a reassociated sum made
+# a kernel compiled in the process differ in log Z's last bit from the same kernel loaded from
+# numba's on-disk cache (tests/test_crf_kernels.py), and knowledge is compared byte for byte. No
+# "nnan"/"ninf": -inf marks forbidden entries and NaN is the fast path's "redo in log space" signal.
+FASTMATH = {"nsz", "arcp", "contract"}
 TINY = 1e-70
 LOG_TINY = float(np.log(TINY))
 

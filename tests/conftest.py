@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,29 +71,6 @@ def build_tiny_encoder(out: Path, seed: int = 0) -> Path:
         if was_enabled:
             hf_logging.enable_progress_bar()
     return out
-
-
-# The export's kernel calls (pipeline/export.py), run once in a subprocess so numba's on-disk
-# cache holds them before any test exports: a kernel numba compiles inside a process can differ
-# in log Z's last bit (~1e-14) from the cached one every later process loads, and the tests
-# compare knowledge from different processes byte for byte.
-_WARM_EXPORT_KERNELS = """
-import numpy as np
-from structkd.pipeline import crf_kernels
-rng = np.random.default_rng(0)
-emissions = rng.normal(size=(7, 5))
-crf = {"transitions": rng.normal(size=(5, 5)), "start": rng.normal(size=5)}
-crf["end"] = rng.normal(size=5)
-kwargs = {"emissions": emissions, "offsets": np.array([0, 3, 7], np.int64), **crf}
-for edge_sums in (False, True):
-    crf_kernels.posteriors(**kwargs, edge_sums=edge_sums)
-crf_kernels.kbest(**kwargs, k=3)
-"""
-
-
-@pytest.fixture(scope="session", autouse=True)
-def warm_export_kernels() -> None:
-    subprocess.run([sys.executable, "-c", _WARM_EXPORT_KERNELS], check=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from crf_oracle import (
@@ -417,3 +422,47 @@ def test_posteriors_equal_the_separate_passes(rng, scale, constrained):
     unary = K.posteriors(**batch)
     assert unary.edge_sums is None
     np.testing.assert_array_equal(unary.log_marginals, post.log_marginals)
+
+
+# One forward-backward pass over a ragged batch (L = 17, lengths 1-39, with and without
+# constraints), printed as a digest of every output byte.
+_POSTERIORS_DIGEST = """
+import hashlib
+import numpy as np
+from structkd.pipeline import crf_kernels
+rng = np.random.default_rng(0)
+n_tags = 17
+lengths = rng.integers(1, 40, size=200)
+offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+crf = {
+    "emissions": rng.normal(size=(offsets[-1], n_tags)) * 3,
+    "offsets": offsets,
+    "transitions": rng.normal(size=(n_tags, n_tags)),
+    "start": rng.normal(size=n_tags),
+    "end": rng.normal(size=n_tags),
+}
+digest = hashlib.sha256()
+for allowed in (None, rng.random((n_tags, n_tags)) > 0.2):
+    for part in crf_kernels.posteriors(**crf, allowed=allowed, edge_sums=True):
+        digest.update(np.ascontiguousarray(part).tobytes())
+print(digest.hexdigest())
+"""
+
+
+@pytest.mark.slow  # compiles the kernels from an empty numba cache
+def test_posteriors_are_the_same_bits_compiled_or_loaded_from_the_cache(tmp_path: Path) -> None:
+    """The first process compiles the kernels into an empty numba cache, the next loads them
+    from it: both give the same bits (knowledge is cached and compared byte for byte; with
+    LLVM's ``reassoc`` the two differed in log Z's last bit)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    compiled, cached = (
+        subprocess.run(
+            [sys.executable, "-c", _POSTERIORS_DIGEST],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for _ in range(2)
+    )
+    assert compiled == cached

@@ -8,7 +8,6 @@ folder is replaced as a whole once every member has trained.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -26,7 +25,12 @@ from structkd.pipeline.models import Tagger, TaggerConfig, build_vocabularies
 from structkd.pipeline.params import Params, TeacherParams
 from structkd.pipeline.predictor import encoder_settings
 from structkd.pipeline.runtime import setup
-from structkd.pipeline.training import CHECKPOINT, run_fingerprint, train_tagger
+from structkd.pipeline.training import (
+    CHECKPOINT,
+    keep_interrupted,
+    run_fingerprint,
+    train_tagger,
+)
 from structkd.storage.io import replace_dir, staging_dir
 
 
@@ -94,8 +98,7 @@ def run(
     # the members the tree holds and continues the others from the old ensemble's
     final = layout.teacher(lang)
     tree = staging_dir(final)
-    if not (resume and (tree / CHECKPOINT).exists()):
-        shutil.rmtree(tree, ignore_errors=True)
+    keep_interrupted(tree, resume)
     members = member_folders(tree, cfg.seeds)
     old_members = member_folders(final, cfg.seeds)
     lines, scores = [], []

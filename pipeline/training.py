@@ -325,14 +325,22 @@ def train_tagger(
     return metrics
 
 
+def keep_interrupted(work: Path, resume: bool) -> bool:
+    """Keep the staging directory ``work`` when ``resume`` continues the interrupted run it
+    holds (it has a checkpoint) and return True; else remove it."""
+    if resume and (work / CHECKPOINT).exists():
+        return True
+    shutil.rmtree(work, ignore_errors=True)
+    return False
+
+
 def _start_work(work: Path, out: Path, resume: bool) -> None:
     """Prepare the staging directory ``work``: empty for a new run; for ``resume``, an
     interrupted run's as it is when it has a checkpoint, else a copy of the finished model
     directory ``out``, subfolders (an ensemble's members) with their checkpoints included, and
     the top checkpoint copied last, so that a copy cut short has none and is redone."""
-    if resume and (work / CHECKPOINT).exists():
+    if keep_interrupted(work, resume):
         return
-    shutil.rmtree(work, ignore_errors=True)
     if resume and (out / CHECKPOINT).exists():
         top = str(out)
         shutil.copytree(out, work, ignore=lambda d, _: [CHECKPOINT] if d == top else [])

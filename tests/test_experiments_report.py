@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 
 from experiment_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_reporter() -> ModuleType:
-    return load_script("report")
-
-
 def test_report_is_rebuilt_from_committed_results(tmp_path: Path) -> None:
     """reports/results.md must not drift from the results and script it claims to come from;
     every task of the comparison has at least three seeds."""
-    reporter = load_reporter()
+    reporter = load_script("report")
     out = reporter.report(tmp_path)
     assert out.read_text("utf-8") == (REPO / "reports" / "results.md").read_text("utf-8")
     for task in reporter.TASKS:

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from experiment_scripts import load_script
 
 
-def load_runner() -> ModuleType:
-    return load_script("run")
-
-
 def test_unlabeled_text_changes_the_students_key_not_the_teachers() -> None:
-    run = load_runner()
+    run = load_script("run")
     params, experiment = run.absolute_params("conll-de-unlabeled")
     owner, _ = run.absolute_params(experiment["teachers_of"])
     text = Path(params["data"]["unlabeled"]["de"]["path"])
@@ -31,7 +26,7 @@ def test_unlabeled_text_changes_the_students_key_not_the_teachers() -> None:
 def test_a_shared_base_may_differ_only_in_unlabeled_text(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = load_runner()
+    run = load_script("run")
     monkeypatch.setattr(run, "RUNS", tmp_path)
     params, experiment = run.absolute_params("conll-de-unlabeled")
     run.link_base("conll-de-unlabeled", experiment["teachers_of"], params)
@@ -47,7 +42,7 @@ def test_a_finished_run_is_skipped_after_its_stage_swapped_the_directory(
 ) -> None:
     """The stage replaces the model directory whole when it finishes; the fingerprint must
     survive that, or every rerun would train again."""
-    run = load_runner()
+    run = load_script("run")
     calls: list[tuple[str, ...]] = []
 
     def finish(project: Path, *args: str, log: Path, params: str = "params.yaml") -> float:

@@ -69,6 +69,8 @@ UNLABELED_RUNS = {
     "udpos-unlabeled-off": f"python experiments/run.py udpos-unlabeled-off {_ZERO_SHOT}",
     "wikiann-unlabeled": f"python experiments/run.py wikiann-unlabeled {_ZERO_SHOT}",
     "wikiann-unlabeled-off": f"python experiments/run.py wikiann-unlabeled-off {_ZERO_SHOT}",
+    "udpos-selftrain": f"python experiments/run.py udpos-selftrain {_ZERO_SHOT}",
+    "wikiann-selftrain": f"python experiments/run.py wikiann-selftrain {_ZERO_SHOT}",
 }
 # What the cross-lingual NER literature gains over direct transfer with teacher soft labels on
 # unlabeled target-language text (F1, mBERT, CoNLL de/es/nl average; quoted by issue 13).
@@ -294,9 +296,10 @@ def unlabeled_comparison(runs: dict[str, dict]) -> list[str]:
         "## Zero-shot with unlabeled text",
         "",
         "Each KD student with the zero-shot languages' unlabeled text (labelled by the exact "
-        "mixture of the teachers) against the same student without it (same teachers, seed and "
-        "settings), and against the baseline of the same seed, mean ± std over seeds (points). "
-        "The baseline ignores unlabeled text.",
+        "mixture of the teachers; in the *-selftrain runs by the baseline student of the same "
+        "seed, `teachers: student`) against the same student without it (same teachers, seed "
+        "and settings), and against the baseline of the same seed, mean ± std over seeds "
+        "(points). The baseline ignores unlabeled text.",
         "",
         "| run | method | 0-shot avg without | 0-shot avg with | with − without | "
         "with − baseline (0-shot) | with − baseline (teacher langs) |",

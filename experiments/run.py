@@ -170,8 +170,12 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
     if "teachers_of" in experiment:
         link_base(task, experiment["teachers_of"], params)
     base.mkdir(parents=True, exist_ok=True)
-    params["student"]["methods"] = methods
+    methods = ["baseline", *(m for m in methods if m != "baseline")]  # always trained, first
+    params["student"]["methods"] = methods[1:]
     (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    selftrained = self_trained_texts(params)
+    if selftrained and "grid" in experiment:
+        raise SystemExit(f"experiments/{task}.yaml: a grid with self-training is not supported")
     log = task_dir / "log.txt"
     (task_dir / "description.txt").write_text(open_comment(task) + "\n")
     prepare_and_embed(base, task_dir, log)
@@ -186,13 +190,19 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
         seconds = train(teachers, out, teacher_keys[lang], ("train-teacher", lang), log)
         if seconds is not None:
             record_time(task_dir, f"teacher {lang}", seconds)
-    record_time(task_dir, "export", stage(base, "export-teachers", log=log))
+    # the base exports what its teachers alone label; each seed's baseline labels the
+    # self-trained text in the seed's own knowledge (below)
+    without = {k: v for k, v in params["data"].get("unlabeled", {}).items() if k not in selftrained}
+    teachers_only = {**params, "data": {**params["data"], "unlabeled": without}}
+    (base / "params.export.yaml").write_text(yaml.safe_dump(teachers_only, sort_keys=False))
+    exported = stage(base, "export-teachers", log=log, params="params.export.yaml")
+    record_time(task_dir, "export", exported)
     chosen: dict[str, dict] = {}
     if "grid" in experiment:
         kd = [m for m in methods if m != "baseline"]
         chosen = choose_on_dev(task_dir, params, experiment["grid"], kd, seeds[0], teacher_keys)
     for seed in seeds:
-        project = student_project(task_dir / f"seed-{seed}", base)
+        project = student_project(task_dir / f"seed-{seed}", base, selftrained)
         seeded = {**params, "student": {**params["student"], "seed": seed}}
         (project / "params.yaml").write_text(yaml.safe_dump(seeded, sort_keys=False))
         for method in methods:
@@ -206,17 +216,43 @@ def run_task(task: str, seeds: list[int], methods: list[str]) -> None:
             seconds = train(project, out, key, ("train-student", method), log, params=file)
             if seconds is not None:
                 record_time(task_dir, f"student {method} seed {seed}", seconds)
+            if method == "baseline" and selftrained:  # it labels the text for this seed's KD
+                exported = stage(project, "export-teachers", log=log)
+                record_time(task_dir, f"export seed {seed}", exported)
         stage(project, "evaluate", log=log)
 
 
-def student_project(project: Path, base: Path) -> Path:
-    """A project for students: its data, knowledge and teachers are links to the base's."""
+def self_trained_texts(params: dict) -> set[str]:
+    """The languages whose unlabeled text the baseline student labels (``teachers: student``,
+    alone or in a list or mapping): self-training."""
+    found = set()
+    for lang, text in params["data"].get("unlabeled", {}).items():
+        teachers = text.get("teachers", "all")
+        if teachers == "student" or (not isinstance(teachers, str) and "student" in teachers):
+            found.add(lang)
+    return found
+
+
+def student_project(project: Path, base: Path, selftrained: Collection[str] = ()) -> Path:
+    """A project for students: its data, knowledge and teachers are links to the base's.
+
+    With self-training (``selftrained``: languages whose text the baseline student labels) the
+    project's knowledge is its own folder: the base's entries are linked into it, but the
+    self-trained text's entries are made here, by this project's baseline."""
     (project / "models" / "students").mkdir(parents=True, exist_ok=True)
-    for link, target in [
-        ("data", base / "data"),
-        ("knowledge", base / "knowledge"),
-        ("models/teachers", base / "models" / "teachers"),
-    ]:
+    links = [("data", base / "data"), ("models/teachers", base / "models" / "teachers")]
+    if selftrained:
+        own = {f"unlabeled/{lang}" for lang in selftrained}
+        (project / "knowledge" / "unlabeled").mkdir(parents=True, exist_ok=True)
+        entries = [p for p in (base / "knowledge").glob("*") if p.name != "unlabeled"]
+        entries += list((base / "knowledge").glob("unlabeled/*"))
+        for entry in entries:
+            name = entry.relative_to(base / "knowledge").as_posix()
+            if name not in own:
+                links.append((f"knowledge/{name}", entry))
+    else:
+        links.append(("knowledge", base / "knowledge"))
+    for link, target in links:
         if not (project / link).exists():
             os.symlink(target, project / link)
     return project

@@ -119,7 +119,7 @@ def score_models(params: Params, layout: Layout, echo: Callable[[str], None] = p
             for lang in zero_shot
         }
         scores["Members"] = {**mean_own, **mean_zero}
-    for method in params.student.methods:
+    for method in ("baseline", *params.student.methods):
         student = load_tagger(layout.student(method)).to(device)
         scores[method] = {lang: headline(s) for lang, s in evaluate_splits(student, tests).items()}
         echo(f"{method}: " + " ".join(f"{k} {v:.2f}" for k, v in scores[method].items()))

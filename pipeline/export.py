@@ -106,6 +106,13 @@ def export_shard(job: ShardJob) -> ShardTiming:
             f"has {len(feats.sent_id)} rows but {job.prepared} has {len(prepared.sent_id)} "
             "(or their sentence ids differ); re-run `structkd stage embed`",
         )
+    for directory, model in zip(job.teacher_dirs, models, strict=True):
+        if model.config.feature_dim != dim:  # trained on other features than today's embed
+            raise InputError(
+                job.features,
+                f"holds features of dim {dim} but {directory} was trained on dim "
+                f"{model.config.feature_dim}; retrain it on today's `structkd stage embed`",
+            )
     lengths = np.asarray(prepared.lengths, np.int64)
     network, kernels = time.perf_counter() - began, 0.0  # reading counts as the network's part
     members = []

@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from structkd.errors import StructkdError
 from structkd.pipeline.data import shard_paths
 from structkd.pipeline.labels import LabelSet
 from structkd.pipeline.layout import Layout
 from structkd.pipeline.params import (
+    SELF,
     UNLABELED,
     ExportParams,
     Params,
@@ -49,12 +51,13 @@ RUN_SETTINGS = ("workers", "timeout")
 class KnowledgeSource:
     """A corpus the teachers label, one cache entry: a teacher language's training split
     (labelled by its own teacher) or a language's unlabeled text (labelled by the weighted
-    mixture of the teachers ``data.unlabeled`` names for it).
+    mixture of the teachers ``data.unlabeled`` names for it, the baseline student included).
 
     Attributes:
         name: the cache entry, ``<lang>`` or ``unlabeled/<lang>`` under ``knowledge/``.
         lang, split: the prepared split it labels.
-        teachers: teacher language -> weight (summing to 1), in params.yaml order.
+        teachers: teacher language (or :data:`~structkd.pipeline.params.SELF`) -> weight
+            (summing to 1), in params.yaml order.
     """
 
     name: str
@@ -68,13 +71,19 @@ class KnowledgeSource:
         return self.split == "train"
 
     def member_weights(self, layout: Layout, seeds: Sequence[int]) -> list[tuple[Path, float]]:
-        """Every member of every teacher with its weight in the mixture: the teacher's weight
-        shared equally by the members of its ensemble."""
+        """Every member of every labeller with its weight in the mixture: a teacher's weight
+        shared equally by the members of its ensemble (the baseline student is one model)."""
+        members = {teacher: layout.labeller_members(teacher, seeds) for teacher in self.teachers}
         return [
-            (member, weight / len(seeds))
+            (member, weight / len(members[teacher]))
             for teacher, weight in self.teachers.items()
-            for member in layout.teacher_members(teacher, seeds)
+            for member in members[teacher]
         ]
+
+    @property
+    def self_trained(self) -> bool:
+        """The baseline student is among the labellers (the export then needs it trained)."""
+        return SELF in self.teachers
 
 
 def knowledge_sources(params: Params) -> list[KnowledgeSource]:
@@ -97,15 +106,14 @@ def knowledge_inputs(
     A member of a teacher ensemble is ``teacher`` / ``teacher_config`` (the first, seed
     ``seeds[0]``) and ``teacher@seed-<s>`` / ``teacher_config@seed-<s>`` for the others, so a
     single teacher's inputs, and hence its key, are what they were before ensembles; over
-    unlabeled text each teacher's members carry its language, ``teacher[<lang>]@seed-<s>``.
+    unlabeled text each teacher's members carry its language, ``teacher[<lang>]@seed-<s>``, and
+    the baseline student is ``teacher[student]``.
     """
     inputs = {}
     for teacher in source.teachers:
         name = "" if source.own_teacher else f"[{teacher}]"
-        for i, (seed, member) in enumerate(
-            zip(seeds, layout.teacher_members(teacher, seeds), strict=True)
-        ):
-            tag = name + (f"@seed-{seed}" if i else "")
+        for i, member in enumerate(layout.labeller_members(teacher, seeds)):
+            tag = name + (f"@seed-{seeds[i]}" if i else "")
             inputs[f"teacher{tag}"] = content_digest(member / "model.safetensors")
             inputs[f"teacher_config{tag}"] = content_digest(member / "config.json")
     return {
@@ -197,17 +205,27 @@ def plan_export(params: Params, layout: Layout) -> list[SourceExport]:
     """Every knowledge source with its key, in entry order (the order locks are taken).
 
     Raises:
-        StructkdError: a teacher was trained with another label set than the task's.
+        StructkdError: a teacher (or the baseline student labelling text) was trained with
+            another label set than the task's, or the baseline student is not trained yet.
     """
     task_labels = LabelSet.load(layout.labels)
     cache = knowledge_cache(layout)
     seeds = params.teacher.seeds
-    for lang in params.data.languages:
-        for member in layout.teacher_members(lang, seeds):
-            labels_path = member / "labels.json"
-            task_labels.check_same(LabelSet.load(labels_path), str(labels_path))
+    sources = knowledge_sources(params)
+    labellers = [m for lang in params.data.languages for m in layout.teacher_members(lang, seeds)]
+    if any(source.self_trained for source in sources):
+        baseline = layout.student("baseline")
+        if not (baseline / "model.safetensors").is_file():
+            raise StructkdError(
+                f"{baseline}: no baseline student, which data.unlabeled names as a labeller "
+                f"({SELF!r}); run `structkd stage train-student baseline` first"
+            )
+        labellers.append(baseline)
+    for member in labellers:
+        labels_path = member / "labels.json"
+        task_labels.check_same(LabelSet.load(labels_path), str(labels_path))
     plans = []
-    for source in knowledge_sources(params):
+    for source in sources:
         inputs = knowledge_inputs(layout, source, seeds)
         names = [p.name for p in shard_paths(layout.prepared(source.lang, source.split))]
         key = knowledge_key(inputs, params.export, source)
@@ -232,7 +250,6 @@ def run(
     from dask.distributed import as_completed
     from tqdm import tqdm
 
-    from structkd.errors import StructkdError
     from structkd.pipeline.export import export_shard
 
     settings = params.export

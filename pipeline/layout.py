@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from structkd.pipeline.params import Params, load_params
+from structkd.pipeline.params import SELF, Params, load_params
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,13 @@ class Layout:
     def teacher_members(self, lang: str, seeds: Sequence[int]) -> list[Path]:
         """Every member of ``lang``'s teacher ensemble (:func:`member_folders`)."""
         return member_folders(self.teacher(lang), seeds)
+
+    def labeller_members(self, name: str, seeds: Sequence[int]) -> list[Path]:
+        """The models that label text as ``name`` of ``data.unlabeled.<lang>.teachers``: the
+        teacher ensemble of a language, or the baseline student for :data:`SELF`."""
+        if name == SELF:
+            return [self.student("baseline")]
+        return self.teacher_members(name, seeds)
 
     def knowledge(self, lang: str) -> Path:
         return self.root / "knowledge" / lang

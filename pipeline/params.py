@@ -44,6 +44,9 @@ Scheme = Literal["iob1", "iob2", "bio", "bioes", "none"]
 Method = Literal["baseline", "emission", "topk", "topwk", "posterior", "pos+topwk", "structural"]
 METHODS: tuple[Method, ...] = get_args(Method)
 """The distillation methods in order; ``losses.KD_METHODS`` holds one entry per choice (tested)."""
+DISTILLED: tuple[Method, ...] = METHODS[1:]
+"""The methods ``student.methods`` may list: the baseline (no KD) is always trained, by its own
+stage ``train-baseline``, as every method's reference and the labeller :data:`SELF`."""
 KBEST_METHODS: frozenset[Method] = frozenset({"topk", "topwk", "pos+topwk"})
 """Methods that read the teachers' k-best paths (those whose ``KD_METHODS`` columns hold
 ``topk_tags``, tested): they need ``student.k <= export.k``."""
@@ -134,6 +137,10 @@ class CorpusSpec:
 
 UNLABELED = "unlabeled"
 """The split name of a language's unlabeled corpus (``data/prepared/<lang>/unlabeled``)."""
+SELF = "student"
+"""The labeller name in ``data.unlabeled.<lang>.teachers`` of the baseline student
+(``models/students/baseline``): self-training, where the multilingual model labels the text,
+alone or mixed with teachers."""
 
 
 @dataclass(frozen=True)
@@ -142,21 +149,26 @@ class UnlabeledSpec:
 
     ``teachers`` says who labels it: ``all`` (every teacher language, equal weights), a list of
     teacher languages (equal weights) or a mapping language -> weight (normalised; 0 leaves a
-    teacher out). Several teachers give the student their exact weighted mixture. ``limit``
-    keeps that many sentences, evenly spread (as ``train_limit``).
+    teacher out). ``student`` (:data:`SELF`), alone or in the list or mapping, is the baseline
+    student: self-training, for text where the multilingual model is better than the
+    monolingual teachers (zero-shot languages far from every teacher). Several labellers give
+    the student their exact weighted mixture. ``limit`` keeps that many sentences, evenly
+    spread (as ``train_limit``).
     """
 
     path: str
     format: UnlabeledFormat = "text"
     token_column: int = ranged(0)  # negative counts from the last column (conll, bio)
-    teachers: Literal["all"] | tuple[str, ...] | dict[str, float] = ranged("all", ge=0.0)
+    teachers: Literal["all", "student"] | tuple[str, ...] | dict[str, float] = ranged("all", ge=0.0)
     limit: int | None = ranged(None, ge=1)
 
     def weights(self, teacher_langs: Sequence[str]) -> dict[str, float]:
-        """``{teacher: weight}`` summing to 1, teachers of weight 0 left out, in the order of
-        ``teacher_langs`` (the teacher languages of params.yaml)."""
+        """``{labeller: weight}`` summing to 1, labellers of weight 0 left out, in the order of
+        ``teacher_langs`` (the teacher languages of params.yaml), then :data:`SELF`."""
         if self.teachers == "all":
             chosen: Mapping[str, float] = dict.fromkeys(teacher_langs, 1.0)
+        elif isinstance(self.teachers, str):
+            chosen = {self.teachers: 1.0}
         elif isinstance(self.teachers, tuple):
             chosen = dict.fromkeys(self.teachers, 1.0)
         else:
@@ -164,7 +176,8 @@ class UnlabeledSpec:
         total = sum(chosen.values())
         if total <= 0:
             return {}
-        return {t: chosen[t] / total for t in teacher_langs if chosen.get(t, 0.0) > 0}
+        order = [*teacher_langs, SELF]
+        return {t: chosen[t] / total for t in order if chosen.get(t, 0.0) > 0}
 
 
 @dataclass(frozen=True)
@@ -279,10 +292,13 @@ class StudentParams(TrainParams):
     ``unlabeled_weight`` is the KD weight of a sentence of unlabeled text (``data.unlabeled``,
     no gold term, not annealed); 0 ignores unlabeled text. With trust, it is scaled by the
     weighted mean of the trust of the teachers whose mixture labels the text (a zero-shot
-    language has no dev set of its own: its teachers' trust is all there is to measure).
+    language has no dev set of its own: its teachers' trust is all there is to measure); the
+    baseline student labelling text (self-training) counts with trust 1.
+
+    ``methods`` lists the distillation methods; the baseline is always trained.
     """
 
-    methods: tuple[Method, ...] = METHODS
+    methods: tuple[Method, ...] = DISTILLED
     hidden: int = ranged(256, ge=1)
     max_epochs: int = ranged(10, ge=1)
     k: int = ranged(10, ge=1, le=32767)
@@ -437,6 +453,16 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             f"{source}: language '{twice[0]}' is configured twice "
             "(data.languages and data.zero_shot)"
         )
+    if SELF in params.data.all_languages():
+        raise ConfigError(
+            f"{source}: data: {SELF!r} is not a language code: it names the baseline student "
+            "in data.unlabeled.<lang>.teachers"
+        )
+    if "baseline" in params.student.methods:
+        raise ConfigError(
+            f"{source}: student.methods: leave 'baseline' out: it is always trained (stage "
+            f"train-baseline); list the distillation methods ({', '.join(DISTILLED)})"
+        )
     for lang, spec in params.data.languages.items():
         if spec.dev is not None and spec.dev_split:
             raise ConfigError(f"{source}: data.languages.{lang} has both dev and dev_split")
@@ -473,14 +499,16 @@ def device_problem(name: str) -> str | None:
 
 
 def _check_unlabeled(data: DataParams, lang: str, spec: UnlabeledSpec, where: str) -> None:
-    """Unlabeled text names only teacher languages, with some weight among them."""
-    if spec.teachers == "all":
+    """Unlabeled text names only teacher languages and the baseline student, with some weight
+    among them."""
+    if isinstance(spec.teachers, str):
         return
     for teacher in spec.teachers:
-        if teacher not in data.languages:
+        if teacher not in data.languages and teacher != SELF:
             raise ConfigError(
                 f"{where}.teachers: {teacher!r} is not a teacher language "
-                f"(data.languages: {', '.join(data.languages)})"
+                f"(data.languages: {', '.join(data.languages)}) or {SELF!r} (the baseline "
+                "student)"
             )
     if not spec.weights(list(data.languages)):
         raise ConfigError(f"{where}.teachers: no teacher with a positive weight")

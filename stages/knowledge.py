@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from structkd.errors import StructkdError, first_line
+from structkd.pipeline.params import SELF
 
 
 def show(
@@ -51,7 +52,7 @@ def show(
     if meta.teachers:  # shards of older exports do not record it
         typer.echo(
             "  labelled by: "
-            + ", ".join(f"{lang} (weight {w:.4g})" for lang, w in meta.teachers.items())
+            + ", ".join(f"{_labeller(name)} (weight {w:.4g})" for name, w in meta.teachers.items())
         )
     members = teacher_members(meta.digests)  # knowledge made outside the export has none
     if members:
@@ -120,3 +121,8 @@ def _words(path: Path, recorded: str, given: Path | None, sent_id: int, n: int) 
     if row >= len(arrays.sent_id) or arrays.sent_id[row] != sent_id or arrays.lengths[row] != n:
         return f"tokens not shown: {given} has no sentence {sent_id} of {n} tokens"
     return [str(t) for t in ragged.row(arrays.tokens, offsets, row)]
+
+
+def _labeller(name: str) -> str:
+    """A labeller as ``knowledge show`` names it: a teacher language, or the baseline student."""
+    return "the baseline student (self-training)" if name == SELF else name

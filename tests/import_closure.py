@@ -14,6 +14,8 @@ import ast
 from functools import cache
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 # import name prefix -> source folder (pyproject.toml's package-dir)
 PACKAGES = {
@@ -83,15 +85,20 @@ def closure(module: str) -> frozenset[Path]:
     return frozenset(seen)
 
 
+def stage_command(stage: str) -> str:
+    """The ``structkd stage <command>`` a ``dvc.yaml`` stage runs (``train-baseline`` runs
+    ``train-student baseline``)."""
+    body = yaml.safe_load((REPO / "dvc.yaml").read_text("utf-8"))["stages"][stage]
+    return body.get("do", body)["cmd"].split()[2]
+
+
 def stage_code_deps(stage: str) -> list[str]:
     """Repository-relative source files the ``dvc.yaml`` stage ``stage`` runs, sorted."""
-    files = closure(f"structkd.stages.{stage.replace('-', '_')}")
+    files = closure(f"structkd.stages.{stage_command(stage).replace('-', '_')}")
     return sorted(p.relative_to(REPO).as_posix() for p in files)
 
 
 if __name__ == "__main__":
-    import yaml
-
     for name in yaml.safe_load((REPO / "dvc.yaml").read_text("utf-8"))["stages"]:
         print(f"{name}:")
         for dep in stage_code_deps(name):

@@ -16,9 +16,10 @@ from e2e_project import TEACHERS, build_project, init_dvc, read_params, run
 
 pytestmark = pytest.mark.slow
 METHODS = ("baseline", "posterior")
+# the baseline reads no knowledge: it trains before the export (it may label unlabeled text)
 TEACHER_SIDE = ["prepare", "embed", *(f"train-teacher@{lang}" for lang in TEACHERS)]
-TEACHER_SIDE.append("export-teachers")
-STUDENT_SIDE = [*(f"train-student@{m}" for m in METHODS), "evaluate"]
+TEACHER_SIDE += ["train-baseline", "export-teachers"]
+STUDENT_SIDE = ["train-student@posterior", "evaluate"]
 
 
 def ran(output: str) -> list[str]:
@@ -76,9 +77,11 @@ def test_repro_then_student_only_experiment(dvc_project: Path) -> None:
     students = {m: digests(root, f"models/students/{m}") for m in METHODS}
 
     out = run(["dvc", "exp", "run", "-S", "student.temperature=2.0"], root)
-    # no teacher ran and no knowledge was exported again: dvc skipped them, files untouched
-    assert ran(out) == STUDENT_SIDE
-    assert skipped(out) == TEACHER_SIDE
+    # no teacher ran and no knowledge was exported again: dvc skipped them, files untouched.
+    # The baseline reads no temperature: it trained again (dvc tracks the student section
+    # whole) to the same weights, so the export it feeds did not run
+    assert ran(out) == ["train-baseline", *STUDENT_SIDE]
+    assert skipped(out) == [s for s in TEACHER_SIDE if s != "train-baseline"]
     assert digests(root, "models/teachers") == teachers
     assert digests(root, "knowledge") == knowledge
     assert read_params(root / "params.yaml")["student"]["temperature"] == 2.0
@@ -97,7 +100,8 @@ def test_repro_then_student_only_experiment(dvc_project: Path) -> None:
 
 
 def test_loss_edit_reruns_only_students_and_evaluate(dvc_project: Path) -> None:
-    """Editing pipeline/losses.py leaves teachers and knowledge alone (dvc.yaml's code deps)."""
+    """Editing pipeline/losses.py leaves teachers and knowledge alone (dvc.yaml's code deps):
+    the baseline trains again to the same weights, so the export it feeds stays skipped."""
     root = dvc_project
     run(["dvc", "repro"], root)
     losses = root / "pipeline" / "losses.py"
@@ -106,9 +110,9 @@ def test_loss_edit_reruns_only_students_and_evaluate(dvc_project: Path) -> None:
     try:
         status = run(["dvc", "status"], root)
         changed = set(re.findall(r"^([\w@+-]+):", status, flags=re.MULTILINE))
-        assert changed == {f"train-student@{m}" for m in METHODS}, status
+        assert changed == {"train-baseline", "train-student@posterior"}, status
         out = run(["dvc", "repro"], root)
-        assert ran(out) == STUDENT_SIDE
-        assert skipped(out) == TEACHER_SIDE
+        assert ran(out) == ["train-baseline", *STUDENT_SIDE]
+        assert skipped(out) == [s for s in TEACHER_SIDE if s != "train-baseline"]
     finally:
         losses.write_text(original, "utf-8")

@@ -65,3 +65,27 @@ def test_a_finished_run_is_skipped_after_its_stage_swapped_the_directory(
     other = run.fingerprint({"student": {"seed": 2}})
     assert run.train(tmp_path, out, other, args, log) == 1.0  # another fingerprint: again
     assert calls == [args, args]
+
+
+def test_a_self_trained_seed_makes_only_its_own_texts_knowledge(tmp_path: Path) -> None:
+    """With ``teachers: student`` each seed's baseline labels the text: the seed's knowledge
+    links the base's entries except that text's, which its own export makes."""
+    run = load_script("run")
+    params, _ = run.absolute_params("udpos-selftrain")
+    assert run.self_trained_texts(params) == {"ar", "tr", "nl", "de", "es", "sv"}
+    owner, _ = run.absolute_params("udpos-unlabeled")
+    assert run.self_trained_texts(owner) == set()
+    mixed = {"data": {"unlabeled": {"fr": {"teachers": {"en": 1, "student": 1}}, "de": {}}}}
+    assert run.self_trained_texts(mixed) == {"fr"}
+
+    base = tmp_path / "base"
+    for entry in ("en", "de", "unlabeled/fr", "unlabeled/de"):
+        (base / "knowledge" / entry).mkdir(parents=True)
+    project = run.student_project(tmp_path / "seed-1", base, {"fr"})
+    knowledge = project / "knowledge"
+    assert not knowledge.is_symlink()
+    links = {p.relative_to(knowledge).as_posix() for p in knowledge.rglob("*") if p.is_symlink()}
+    assert links == {"en", "de", "unlabeled/de"}
+    assert (knowledge / "unlabeled").is_dir() and not (knowledge / "unlabeled" / "fr").exists()
+    plain = run.student_project(tmp_path / "seed-2", base)
+    assert (plain / "knowledge").resolve() == (base / "knowledge").resolve()

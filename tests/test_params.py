@@ -216,7 +216,7 @@ def with_value(key: str, value: object) -> dict:
     """The minimal params with ``key`` (dotted) set to ``value``; methods without k-best paths
     or edge marginals, so that no cross-key rule applies."""
     raw = copy.deepcopy(_minimal())
-    raw["student"] = {"methods": ["baseline"]}
+    raw["student"] = {"methods": ["posterior"]}
     *parents, name = key.split(".")
     node = raw
     for part in parents:
@@ -284,7 +284,7 @@ def test_method_groups_match_the_registry() -> None:
 def test_student_k_above_export_k_is_refused(method: str) -> None:
     raw = _minimal()
     raw["export"] = {"k": 4}
-    raw["student"] = {"methods": ["baseline", method], "k": 5}
+    raw["student"] = {"methods": ["posterior", method], "k": 5}
     with pytest.raises(ConfigError) as caught:
         parse_params(raw)
     assert str(caught.value) == (
@@ -338,11 +338,40 @@ def test_unlabeled_teachers_all_list_or_weights() -> None:
     assert data.prepared_splits()[-1] == ("fr", "unlabeled")
 
 
+def test_the_baseline_student_labels_text_alone_or_mixed_with_teachers() -> None:
+    data = parse_params(_with_unlabeled(teachers="student")).data
+    assert data.unlabeled_weights("fr") == {"student": 1.0}
+    data = parse_params(_with_unlabeled(teachers=["student", "de"])).data
+    assert data.unlabeled_weights("fr") == {"de": 0.5, "student": 0.5}  # teachers, then student
+    data = parse_params(_with_unlabeled(teachers={"student": 3, "en": 1})).data
+    assert data.unlabeled_weights("fr") == {"en": 0.25, "student": 0.75}
+
+
+def test_the_baseline_is_always_trained_so_methods_leave_it_out() -> None:
+    raw = _minimal()
+    raw["student"] = {"methods": ["baseline", "posterior"]}
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw)
+    assert str(caught.value) == (
+        "params.yaml: student.methods: leave 'baseline' out: it is always trained (stage "
+        "train-baseline); list the distillation methods (emission, topk, topwk, posterior, "
+        "pos+topwk, structural)"
+    )
+    assert "baseline" not in parse_params(_minimal()).student.methods
+
+
+def test_student_is_no_language_code() -> None:
+    raw = _minimal()
+    raw["data"]["zero_shot"] = {"student": {"format": "conllu", "scheme": "none", "test": "t"}}
+    with pytest.raises(ConfigError, match="data: 'student' is not a language code"):
+        parse_params(raw)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
         ({"teachers": ["it"]}, "data.unlabeled.fr.teachers: 'it' is not a teacher language "
-         "(data.languages: en, de)"),
+         "(data.languages: en, de) or 'student' (the baseline student)"),
         ({"teachers": {"en": -1.0}}, "data.unlabeled.fr.teachers.en: -1.0 is not in [0, inf)"),
         ({"teachers": {"en": math.inf}}, "data.unlabeled.fr.teachers.en: inf is not in [0, inf)"),
         ({"teachers": {"en": 0}}, "data.unlabeled.fr.teachers: no teacher with a positive weight"),

@@ -447,6 +447,79 @@ def test_unlabeled_text_is_prepared_embedded_and_labelled_by_the_mixture(project
     assert "teachers: 2 (their exact mixture" in shown
 
 
+def test_self_training_the_baseline_student_labels_text_mixed_with_a_teacher(
+    project: Project, tmp_path: Path
+) -> None:
+    """``teachers: {student: 1, en: 1}``: the export runs the baseline student and the en teacher
+    over the text and only that entry is computed; the shard is their exact mixture and records
+    the student's digest; a student distils it; retraining the baseline makes only that entry
+    stale (the student refuses it, the export recomputes only it)."""
+    from structkd.pipeline.export_teachers import plan_export
+    from structkd.pipeline.layout import open_project
+    from structkd.storage.arrays import KnowledgeArrays
+    from structkd.storage.schemas import KnowledgeMeta
+    from structkd.storage.shards import shard_metadata
+
+    (lang,) = ZERO_SHOT
+    params_path = copy_project(project.root, tmp_path / "p")
+    root = params_path.parent
+    for stage in ("prepare", "embed", "export-teachers"):  # prepared shards record their path
+        cli("stage", stage, "--params", str(params_path))
+    settings = read_params(params_path)
+    settings["data"]["unlabeled"][lang]["teachers"] = {"student": 1.0, "en": 1.0}
+    write_params(params_path, settings)
+    out = cli("stage", "export-teachers", "--params", str(params_path))
+    assert f"knowledge unlabeled/{lang}: computing 2 of 2 shards" in out
+    assert out.count("up to date, no teacher run") == len(TEACHERS)
+
+    shard = root / "knowledge" / "unlabeled" / lang / "part-00000.parquet"
+    meta = KnowledgeMeta.from_metadata(shard_metadata(shard))
+    assert dict(meta.teachers) == {"en": 0.5, "student": 0.5}
+    assert {"teacher[en]", "teacher[student]", "teacher_config[student]"} <= set(meta.digests)
+    params, layout = open_project(params_path)
+    (source,) = (p for p in plan_export(params, layout) if p.source.name == f"unlabeled/{lang}")
+    (job, *_) = source.jobs(["part-00000.parquet"], params.export, params.runtime)
+    assert job.teacher_dirs == (str(layout.teacher("en")), str(layout.student("baseline")))
+    mixed = KnowledgeArrays.from_table(read_shard(shard), k=meta.k, n_tags=meta.n_tags)
+    alone = []
+    for directory in job.teacher_dirs:
+        target = tmp_path / "alone.parquet"
+        export_shard(replace(job, teacher_dirs=(directory,), weights=(1.0,), output=str(target)))
+        alone.append(KnowledgeArrays.from_table(read_shard(target), k=meta.k, n_tags=meta.n_tags))
+    want = sum(0.5 * np.exp(a.log_marginals.astype(np.float64)) for a in alone)
+    np.testing.assert_allclose(np.exp(mixed.log_marginals.astype(np.float64)), want, atol=1e-5)
+    shown = cli("knowledge", "show", str(shard))
+    assert "the baseline student (self-training) (weight 0.5)" in shown
+
+    trained = cli("stage", "train-student", "posterior", "--params", str(params_path))
+    assert "student posterior: test" in trained
+
+    settings["student"]["seed"] = 12
+    write_params(params_path, settings)
+    cli("stage", "train-student", "baseline", "--params", str(params_path))
+    error = cli_error("stage", "train-student", "posterior", "--params", str(params_path))
+    assert f"knowledge of 'unlabeled/{lang}' is stale" in error
+    out = cli("stage", "export-teachers", "--params", str(params_path))
+    assert f"knowledge unlabeled/{lang}: computing 2 of 2 shards" in out
+    assert out.count("up to date, no teacher run") == len(TEACHERS)
+
+
+def test_self_training_before_the_baseline_is_trained_is_one_line(
+    project: Project, tmp_path: Path
+) -> None:
+    params_path = copy_project(project.root, tmp_path / "p")
+    settings = read_params(params_path)
+    settings["data"]["unlabeled"][ZERO_SHOT[0]]["teachers"] = "student"
+    write_params(params_path, settings)
+    shutil.rmtree(params_path.parent / "models" / "students" / "baseline")
+    error = cli_error("stage", "export-teachers", "--params", str(params_path))
+    assert error.strip().endswith(
+        "no baseline student, which data.unlabeled names as a labeller ('student'); run "
+        "`structkd stage train-student baseline` first"
+    )
+    assert len(error.strip().splitlines()) == 1
+
+
 def test_adding_a_corpus_computes_only_it_and_weight_zero_ignores_unlabeled_text(
     project: Project, tmp_path: Path
 ) -> None:
